@@ -1,0 +1,1 @@
+"""deliberation-env."""
