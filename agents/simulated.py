@@ -1,0 +1,193 @@
+"""`SimulatedBackend`: a calibrated statistical model of LLM deliberation, vectorised in NumPy.
+
+It is a model, not an LLM. Per question: a latent correctness probability (the question's
+difficulty) and a pool of wrong answers led by one popular misconception, so wrong agents
+agree as real LLMs do. Per call: correctness, an answer id (0 = gold, k > 0 = the k-th
+wrong answer, -1 = unparseable), confidence signals with a set AUROC, a reasoning
+profile and token counts. REFINE follows the transition rates of `agents.profiles`, which
+are calibrated so that all-REFINE debate roughly ties the plurality vote of the initial
+answers, as the literature finds. Parameters and their sources: `agents.profiles`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.special import expit, logit, ndtri
+from scipy.stats import beta
+
+from agents.profiles import SimProfile, get_profile
+from deliberation_env import rng
+from deliberation_env.protocol import UNPARSED, BatchView, SolutionBatch
+from deliberation_env.tasks.task import CHOICE_LETTERS, Task
+
+_NUMERIC_OFFSETS = (1, -1, 2, 10, -2, 5, -10, 3, 100, -3, 4, -5, 20, -4, 6, 50, -20, 7, 8, 9)
+
+
+def _separation(auroc: float) -> float:
+    """Mean shift d of a unit-variance signal between right and wrong: AUROC = Phi(d/sqrt 2)."""
+    return float(np.sqrt(2.0) * ndtri(auroc))
+
+
+class SimulatedBackend:
+    """The embedded default backend (implements `deliberation_env.protocol.BatchBackend`).
+
+    Args:
+        profile: a profile name (``"llama3.1-8b/gsm8k"``, ``"toy"``...) or a `SimProfile`.
+        seed: seeds the per-question latents (difficulty), fixed for a task list so the same
+            question is equally hard in every episode.
+    """
+
+    def __init__(self, profile: str | SimProfile = "llama3.1-8b/gsm8k", seed: int = 0) -> None:
+        self.profile = get_profile(profile)
+        self.seed = seed
+        p = self.profile
+        self.concede_tokens = p.concede_tokens
+        self._d_self = _separation(p.self_auroc)
+        self._d_judge = _separation(p.judge_auroc)
+        self._d_lp = _separation(p.logprob_auroc)
+        weights = p.distractor_decay ** np.arange(p.distractors)
+        self._distractor_cdf = np.cumsum(weights) / weights.sum()
+        self.tasks: list[Task] = []
+
+    def __repr__(self) -> str:
+        return f"SimulatedBackend(profile={self.profile.name!r}, seed={self.seed})"
+
+    # ------------------------------------------------------------------ BatchBackend
+    def bind(self, tasks: Sequence[Task], num_agents: int) -> None:
+        p = self.profile
+        self.tasks = list(tasks)
+        ids = np.array([zlib.crc32(t.id.encode()) for t in self.tasks], np.uint64)
+        u = rng.uniform(rng.derive(rng.seed_key(self.seed), ids), 1)[:, 0]
+        a = p.accuracy * p.concentration
+        b = (1.0 - p.accuracy) * p.concentration
+        self.p_correct = beta.ppf(u, a, b)
+        self.question_tokens = np.array(
+            [len(t.question) / 4.0 if t.question else p.question_tokens for t in self.tasks]
+        )
+        # Choice tasks have fewer wrong options than the profile may ask for.
+        self.max_wrong = np.array(
+            [len(t.choices) - 1 if t.kind == "choice" else p.distractors for t in self.tasks],
+            np.int64,
+        )
+        self._texts: dict[int, list[str]] = {}
+
+    def solve_batch(self, view: BatchView) -> SolutionBatch:
+        p, t = self.profile, view.task_index
+        u = rng.uniform(view.keys, 3)
+        correct = u[:, 0] < self.p_correct[t]
+        answer = np.where(correct, 0, self._distractor(u[:, 1], t))
+        prompt = self.question_tokens[t] + p.solve_instruction_tokens
+        return self._finish(view, answer, correct, u[:, 2], prompt)
+
+    def refine_batch(self, view: BatchView) -> SolutionBatch:
+        p, t, st = self.profile, view.task_index, view.state
+        M = len(view.env)
+        rows = np.arange(M)
+        A = st.answer[view.env]  # [M, N]
+        C = st.correct[view.env]
+        N = A.shape[1]
+        peer = np.ones((M, N), bool)
+        peer[rows, view.agent] = False
+        own_answer, own_correct = A[rows, view.agent], C[rows, view.agent]
+
+        n_peers = max(N - 1, 1)
+        frac_right = (C & peer).sum(1) / n_peers
+        # The peers' most common wrong answer and the share of peers holding it.
+        wrong = peer & ~C & (A >= 0)
+        same = (A[:, :, None] == A[:, None, :]) & wrong[:, None, :]
+        holders = np.where(wrong, same.sum(-1), 0)
+        modal = A[rows, np.argmax(holders, 1)]
+        modal_share = holders.max(1) / n_peers
+
+        fix = np.interp(frac_right, (0.0, 0.5, 1.0), p.fix_rate)
+        agree_level = modal_share if N <= 2 else np.clip((modal_share - 1 / n_peers) / (1 - 1 / n_peers), 0, 1)
+        all_wrong = p.break_wrong_split + (p.break_wrong_agree - p.break_wrong_split) * agree_level
+        brk = np.where(frac_right >= 1, p.break_all_right, np.where(frac_right > 0, p.break_mixed, all_wrong))
+        if N == 1:
+            fix, brk = np.full(M, p.fix_rate[0]), np.full(M, p.break_mixed)
+
+        u = rng.uniform(view.keys, 4)
+        correct = np.where(own_correct, u[:, 0] >= brk, u[:, 0] < fix)
+        fresh = self._distractor(u[:, 2], t)
+        has_modal = modal_share > 0
+        broken = np.where(has_modal & (u[:, 1] < p.conform_break), modal, fresh)
+        conform = has_modal & (u[:, 1] < p.conform_wrong * modal_share)
+        redraw = (own_answer < 0) | (u[:, 1] > 1.0 - p.redraw_wrong)
+        stays_wrong = np.where(conform, modal, np.where(redraw, fresh, own_answer))
+        answer = np.where(correct, 0, np.where(own_correct, broken, stays_wrong))
+
+        context = st.length[view.env].sum(1)  # own + peers' solutions in the prompt
+        prompt = self.question_tokens[t] + p.refine_instruction_tokens + context
+        return self._finish(view, answer, correct, u[:, 3], prompt)
+
+    def answer_text(self, task_index: int, answer_id: int) -> str | None:
+        if answer_id == UNPARSED:
+            return None
+        task = self.tasks[task_index]
+        if answer_id == 0:
+            return task.answer
+        texts = self._texts.get(task_index)
+        if texts is None:
+            texts = self._texts[task_index] = self._distractor_texts(task)
+        return texts[(answer_id - 1) % len(texts)]
+
+    # ------------------------------------------------------------------ internals
+    def _distractor(self, u: np.ndarray, task_index: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(self._distractor_cdf, u, side="right")
+        k = np.minimum(k, len(self._distractor_cdf) - 1)
+        return (1 + k % self.max_wrong[task_index]).astype(np.int32)
+
+    def _finish(
+        self,
+        view: BatchView,
+        answer: np.ndarray,
+        correct: np.ndarray,
+        u_parse: np.ndarray,
+        prompt: np.ndarray,
+    ) -> SolutionBatch:
+        """Apply parse failures and draw confidences, reasoning profile and length."""
+        p = self.profile
+        unparsed = u_parse < p.parse_failure
+        answer = np.where(unparsed, UNPARSED, answer).astype(np.int32)
+        correct = correct & ~unparsed
+        z = rng.normal(rng.derive(view.keys, 7), 6)
+        c = correct.astype(np.float64)
+        base = logit(np.clip(p.accuracy, 0.05, 0.95))
+        self_conf = expit(logit(p.self_mean) + 0.6 * (z[:, 0] + self._d_self * (c - 0.5)))
+        judge = expit(base + z[:, 1] + self._d_judge * (c - p.accuracy))
+        logprob = expit(base + 0.5 + 1.5 * (z[:, 2] + self._d_lp * (c - p.accuracy)))
+        longer = np.where(correct, 1.0, p.wrong_length_factor)
+        steps = np.maximum(1.0, np.round(p.steps * longer * np.exp(0.35 * z[:, 3] - 0.06)))
+        operators = np.maximum(1.0, np.round(steps * p.operators_per_step * np.exp(0.2 * z[:, 4])))
+        sigma = p.token_sigma
+        completion = p.completion_tokens * longer * np.exp(sigma * z[:, 5] - sigma**2 / 2)
+        return SolutionBatch(
+            answer=answer,
+            correct=correct,
+            self_confidence=self_conf.astype(np.float32),
+            judge_confidence=judge.astype(np.float32),
+            logprob_confidence=logprob.astype(np.float32),
+            steps=steps.astype(np.float32),
+            operators=operators.astype(np.float32),
+            prompt_tokens=np.round(prompt).astype(np.int64),
+            completion_tokens=np.maximum(1, np.round(completion)).astype(np.int64),
+        )
+
+    def _distractor_texts(self, task: Task) -> list[str]:
+        gold = task.answer
+        if task.kind == "choice":
+            letters = CHOICE_LETTERS[: len(task.choices)]
+            i = letters.index(gold) if gold in letters else 0
+            return [letters[(i + k) % len(letters)] for k in range(1, len(letters))]
+        try:
+            g = float(gold)
+        except ValueError:
+            return [f"{gold} + {k}" for k in range(1, self.profile.distractors + 1)]
+        out = []
+        for off in _NUMERIC_OFFSETS[: self.profile.distractors]:
+            v = g + off
+            out.append(str(int(v)) if float(v).is_integer() else f"{v:g}")
+        return out

@@ -1,0 +1,160 @@
+"""Backends by name, and the adapter that lets any text `Backend` drive the array core.
+
+The registry maps a name to ``"module:attribute"`` and imports it only when asked, so
+``deliberation_env`` never imports ``agents`` (or torch, or an HTTP client) by itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from deliberation_env.protocol import (
+    UNPARSED,
+    Backend,
+    BatchBackend,
+    BatchView,
+    RefineRequest,
+    Solution,
+    SolutionBatch,
+    SolveRequest,
+)
+from deliberation_env.rng import seeds
+from deliberation_env.tasks.task import Task
+
+BACKENDS: dict[str, str | Callable[..., Any]] = {}
+"""Registered backend factories: a callable or a lazy ``"module:attribute"`` path."""
+
+
+def register_backend(name: str, factory: str | Callable[..., Any]) -> None:
+    """Register a backend factory under `name` (``parallel_env(backend=name, ...)``)."""
+    BACKENDS[name] = factory
+
+
+register_backend("simulated", "agents.simulated:SimulatedBackend")
+register_backend("hf", "agents.hf:HFBackend")
+register_backend("openai", "agents.openai_compat:OpenAIBackend")
+
+
+def _resolve(name: str) -> Callable[..., Any]:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; registered backends: {sorted(BACKENDS)}")
+    factory = BACKENDS[name]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except ImportError as err:
+            raise ImportError(
+                f"backend {name!r} needs packages that are not installed ({err}); "
+                "install the extra: pip install 'deliberation-env[hf]' or '[serve]'"
+            ) from err
+    return factory
+
+
+def make_backend(backend: Any, profile: str | None = None, **kwargs: Any) -> BatchBackend:
+    """A `BatchBackend` from a name, a `BatchBackend` or a text `Backend` instance."""
+    if isinstance(backend, str):
+        factory = _resolve(backend)
+        if backend == "simulated" and profile is not None:
+            kwargs.setdefault("profile", profile)
+        backend = factory(**kwargs)
+    elif kwargs:
+        raise ValueError(
+            f"backend arguments {sorted(kwargs)} were given with a backend instance; "
+            "configure the instance instead"
+        )
+    if hasattr(backend, "solve_batch"):
+        return backend
+    if isinstance(backend, Backend):
+        return TextBackendAdapter(backend)
+    raise TypeError(
+        f"{type(backend).__name__} is not a backend: implement solve/refine "
+        "(deliberation_env.protocol.Backend) or solve_batch/refine_batch (BatchBackend)"
+    )
+
+
+class TextBackendAdapter:
+    """Drives a text `Backend` from the array core.
+
+    Keeps every `Solution` record, maps normalised answers to integer ids shared by all
+    envs (equal id <=> equal normalised answer), and checks correctness once per
+    (task, answer) with `tasks.verify`.
+    """
+
+    concede_tokens = 0
+    """CONCEDE copies a peer's record without an LLM call."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.tasks: list[Task] = []
+        self._ids: dict[str, int] = {}
+        self._answers: list[str] = []
+        self._correct: dict[tuple[int, int], bool] = {}
+
+    def bind(self, tasks: Sequence[Task], num_agents: int) -> None:
+        self.tasks = list(tasks)
+        bind = getattr(self.backend, "bind", None)
+        if callable(bind):
+            bind(self.tasks, num_agents)
+
+    def solve_batch(self, view: BatchView) -> SolutionBatch:
+        requests = [
+            SolveRequest(self.tasks[t], int(a), int(s))
+            for t, a, s in zip(view.task_index, view.agent, seeds(view.keys))
+        ]
+        return self._to_batch(self.backend.solve(requests), view.task_index)
+
+    def refine_batch(self, view: BatchView) -> SolutionBatch:
+        records = view.state.records
+        N = records.shape[1]
+        requests = []
+        for b, a, t, s in zip(view.env, view.agent, view.task_index, seeds(view.keys)):
+            peers = tuple(records[b, (a + k) % N] for k in range(1, N))
+            requests.append(RefineRequest(self.tasks[t], int(a), records[b, a], peers, int(s)))
+        return self._to_batch(self.backend.refine(requests), view.task_index)
+
+    def answer_text(self, task_index: int, answer_id: int) -> str | None:
+        return None if answer_id == UNPARSED else self._answers[answer_id]
+
+    def _answer_id(self, task_index: int, answer: str | None) -> tuple[int, bool]:
+        from deliberation_env.tasks import normalize_answer, verify
+
+        task = self.tasks[task_index]
+        norm = normalize_answer(task.kind, answer) if answer is not None else None
+        if norm is None:
+            return UNPARSED, False
+        if norm not in self._ids:
+            self._ids[norm] = len(self._answers)
+            self._answers.append(norm)
+        aid = self._ids[norm]
+        key = (task_index, aid)
+        if key not in self._correct:
+            self._correct[key] = bool(verify(task, norm))
+        return aid, self._correct[key]
+
+    def _to_batch(self, solutions: list[Solution], task_index: np.ndarray) -> SolutionBatch:
+        if len(solutions) != len(task_index):
+            raise RuntimeError(
+                f"{type(self.backend).__name__} returned {len(solutions)} solutions for "
+                f"{len(task_index)} requests; a backend must answer every request in order"
+            )
+        ids = [self._answer_id(int(t), sol.answer) for t, sol in zip(task_index, solutions)]
+        records = np.empty(len(solutions), object)
+        records[:] = solutions
+        lp = [np.nan if s.logprob_confidence is None else s.logprob_confidence for s in solutions]
+        return SolutionBatch(
+            answer=np.array([i for i, _ in ids], np.int32),
+            correct=np.array([c for _, c in ids], bool),
+            self_confidence=np.array([s.self_confidence for s in solutions], np.float32),
+            judge_confidence=np.array([s.judge_confidence for s in solutions], np.float32),
+            logprob_confidence=np.array(lp, np.float32),
+            steps=np.array([s.steps for s in solutions], np.float32),
+            operators=np.array([s.operators for s in solutions], np.float32),
+            prompt_tokens=np.array([s.prompt_tokens for s in solutions], np.int64),
+            completion_tokens=np.array([s.completion_tokens for s in solutions], np.int64),
+            records=records,
+        )

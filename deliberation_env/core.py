@@ -1,0 +1,482 @@
+"""The deliberation state machine on NumPy arrays with a leading batch axis ``[B, N]``.
+
+`DeliberationEnv` (the PettingZoo view, B = 1) and `VectorDeliberationEnv` (B envs) are thin
+views over this one implementation; per-agent dicts are built only at their API edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from deliberation_env import rng, voting
+from deliberation_env.observation import ObservationLayout, agent_features, build_observations
+from deliberation_env.protocol import UNPARSED, BatchBackend, BatchView, SolutionBatch
+from deliberation_env.rewards import REWARDS, consensus_terms, terminal_terms, token_cost_term
+from deliberation_env.tasks.task import Task
+
+
+class Action(IntEnum):
+    """The meta-cognitive actions (MPDF)."""
+
+    PERSIST = 0
+    """Keep my answer; no LLM call."""
+    REFINE = 1
+    """The LLM revises my solution, seeing my peers' solutions."""
+    CONCEDE = 2
+    """Adopt a peer's solution (chosen by `concede_rule`)."""
+
+
+NUM_ACTIONS = len(Action)
+ACTION_HELP = ", ".join(f"{a.value}={a.name}" for a in Action)
+CONCEDE_RULES = ("plurality", "most_confident")
+DEFAULT_PROFILE = "llama3.1-8b/gsm8k"
+
+# Tags that separate the random streams of one episode key.
+_EPISODE, _INIT, _TASK, _SOLVE, _REFINE, _TIE = range(1, 7)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything that defines a deliberation env; picklable, so envs can be copied."""
+
+    num_agents: int = 3
+    """N, agents answering each question (paper: 3)."""
+    max_rounds: int = 3
+    """T, deliberation rounds after the initial answers (paper: 3)."""
+    backend: Any = "simulated"
+    """A registered backend name (``"simulated"``, ``"hf"``, ``"openai"``) or an instance."""
+    profile: str = DEFAULT_PROFILE
+    """Simulated backend profile, ``"backbone/benchmark"`` or ``"toy"``."""
+    tasks: Any = "arithmetic"
+    """A `load_tasks` spec (``"arithmetic"``, ``"gsm8k:PATH"``, ...) or a sequence of `Task`."""
+    concede_rule: str = "plurality"
+    """Whom CONCEDE copies: ``"plurality"`` (the answer most peers hold, its most confident
+    holder) or ``"most_confident"`` (the most confident peer)."""
+    tie_break: str = "confidence"
+    """Plurality ties: ``"confidence"`` (summed confidence), ``"first"`` or ``"random"``."""
+    reward: str = "consensus"
+    """``"consensus"`` (per-round shaping, the paper's) or ``"terminal"`` (team correctness)."""
+    w_local: float = 1.0
+    """Weight of the agent's own change in correctness."""
+    w_global: float = 1.0
+    """Weight of the agent's marginal contribution to the team vote."""
+    token_cost: float = 0.0
+    """Reward subtracted per 1k tokens an agent spends in a round."""
+    stop_on_consensus: bool = False
+    """End the episode as soon as every agent holds the same parsed answer."""
+    max_peers: int = 4
+    """Peer slots in the observation; fixes its size whatever N is (N <= max_peers + 1)."""
+    backend_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Extra arguments for the backend factory (model, base_url, cache, ...)."""
+
+    def __post_init__(self) -> None:
+        _check_int("num_agents", self.num_agents, 1)
+        _check_int("max_rounds", self.max_rounds, 1)
+        _check_int("max_peers", self.max_peers, 0)
+        if self.num_agents > self.max_peers + 1:
+            raise ValueError(
+                f"num_agents={self.num_agents} needs max_peers >= {self.num_agents - 1} "
+                f"(got max_peers={self.max_peers}); pass max_peers={self.num_agents - 1}"
+            )
+        for name, value, valid in (
+            ("concede_rule", self.concede_rule, CONCEDE_RULES),
+            ("tie_break", self.tie_break, voting.TIE_BREAKS),
+            ("reward", self.reward, REWARDS),
+        ):
+            if value not in valid:
+                raise ValueError(f"{name}={value!r} is not one of {valid}")
+        if self.token_cost < 0:
+            raise ValueError(f"token_cost must be >= 0, got {self.token_cost}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass
+class State:
+    """Arrays of B envs x N agents. Solution fields mirror `SolutionBatch`."""
+
+    answer: np.ndarray  # int32 [B, N]
+    correct: np.ndarray  # bool
+    self_confidence: np.ndarray  # float32
+    judge_confidence: np.ndarray
+    logprob_confidence: np.ndarray  # NaN where unavailable
+    steps: np.ndarray
+    operators: np.ndarray
+    length: np.ndarray  # int64, completion tokens of the current solution
+    records: np.ndarray  # object, `Solution` records of text backends (None for simulated)
+    changed: np.ndarray  # bool, answer changed last round
+    last_action: np.ndarray  # int8, -1 before the first round
+    task_index: np.ndarray  # int64 [B]
+    round: np.ndarray  # int32 [B], rounds played
+    key: np.ndarray  # uint64 [B], the episode's dynamics key
+    tokens: np.ndarray  # int64 [B], tokens spent this episode (initial answers included)
+    action_counts: np.ndarray  # int64 [B, 3]
+
+    @classmethod
+    def empty(cls, B: int, N: int) -> State:
+        f32 = np.zeros((B, N), np.float32)
+        return cls(
+            answer=np.full((B, N), UNPARSED, np.int32),
+            correct=np.zeros((B, N), bool),
+            self_confidence=f32.copy(),
+            judge_confidence=f32.copy(),
+            logprob_confidence=f32.copy(),
+            steps=f32.copy(),
+            operators=f32.copy(),
+            length=np.zeros((B, N), np.int64),
+            records=np.full((B, N), None, object),
+            changed=np.zeros((B, N), bool),
+            last_action=np.full((B, N), -1, np.int8),
+            task_index=np.zeros(B, np.int64),
+            round=np.zeros(B, np.int32),
+            key=np.zeros(B, np.uint64),
+            tokens=np.zeros(B, np.int64),
+            action_counts=np.zeros((B, NUM_ACTIONS), np.int64),
+        )
+
+
+SOLUTION_FIELDS = (
+    "answer",
+    "correct",
+    "self_confidence",
+    "judge_confidence",
+    "logprob_confidence",
+    "steps",
+    "operators",
+    "length",
+    "records",
+)
+
+
+@dataclass
+class StepResult:
+    """What one `DeliberationCore.step` produced, all arrays."""
+
+    rewards: np.ndarray  # float64 [B, N]
+    terms: dict[str, np.ndarray]  # named [B, N] reward components
+    tokens: np.ndarray  # int64 [B, N] tokens spent this round
+    done: np.ndarray  # bool [B]
+    team_correct: np.ndarray  # bool [B]
+
+
+def episode_keys(base: np.ndarray, episode: np.ndarray, leader: np.ndarray) -> tuple:
+    """(dynamics key, initial-solution key) of episode `episode` for each env.
+
+    Envs that share a `leader` draw the same task and initial solutions (a group of
+    rollouts), and differ afterwards.
+    """
+    key = rng.derive(base, _EPISODE, episode)
+    init = rng.derive(base[leader], _EPISODE, episode, _INIT)
+    return key, init
+
+
+def make_backend_for(config: EnvConfig) -> tuple[BatchBackend, list[Task]]:
+    """Build the backend and task list of a config (lazily: backends import heavy stacks)."""
+    from deliberation_env.backends import make_backend
+    from deliberation_env.tasks import load_tasks
+
+    tasks = load_tasks(config.tasks)
+    if not tasks:
+        raise ValueError(f"tasks={config.tasks!r} gave no tasks; pass a non-empty task source")
+    backend = make_backend(config.backend, profile=config.profile, **dict(config.backend_kwargs))
+    backend.bind(tasks, config.num_agents)
+    return backend, tasks
+
+
+class DeliberationCore:
+    """B independent deliberation episodes advanced in lock-step."""
+
+    def __init__(self, config: EnvConfig, num_envs: int) -> None:
+        _check_int("num_envs", num_envs, 1)
+        self.config = config
+        self.num_envs = num_envs
+        self.num_agents = config.num_agents
+        self.layout = ObservationLayout(config.max_peers)
+        self.state = State.empty(num_envs, config.num_agents)
+        self.backend: BatchBackend | None = None
+        self.tasks: list[Task] = []
+        self._same: np.ndarray | None = None
+        self._winner: np.ndarray | None = None
+        self._arange = np.arange(config.num_agents)
+        self.round_tokens = np.zeros((num_envs, config.num_agents), np.int64)
+        """Tokens each agent spent in the last reset or step ``[B, N]``."""
+
+    # ------------------------------------------------------------------ lifecycle
+    def ensure_backend(self) -> None:
+        if self.backend is None:
+            self.backend, self.tasks = make_backend_for(self.config)
+
+    def reset(
+        self,
+        keys: np.ndarray,
+        init_keys: np.ndarray,
+        envs: np.ndarray | None = None,
+        task_index: np.ndarray | None = None,
+    ) -> None:
+        """Start new episodes in `envs` (default all) and ask for the initial solutions.
+
+        `keys`/`init_keys` ([len(envs)]) seed the dynamics and the initial draw (task and
+        initial solutions); `task_index` overrides the task choice.
+        """
+        self.ensure_backend()
+        s, N = self.state, self.num_agents
+        envs = np.arange(self.num_envs) if envs is None else np.asarray(envs)
+        if task_index is None:
+            u = rng.uniform(rng.derive(init_keys, _TASK), 1)[:, 0]
+            task_index = np.minimum((u * len(self.tasks)).astype(np.int64), len(self.tasks) - 1)
+        else:
+            task_index = np.broadcast_to(np.asarray(task_index, np.int64), envs.shape)
+            bad = (task_index < 0) | (task_index >= len(self.tasks))
+            if bad.any():
+                raise ValueError(
+                    f"task_index {task_index[bad][0]} is out of range: there are "
+                    f"{len(self.tasks)} tasks (valid 0..{len(self.tasks) - 1})"
+                )
+        s.task_index[envs] = task_index
+        s.key[envs] = keys
+        s.round[envs] = 0
+        s.changed[envs] = False
+        s.last_action[envs] = -1
+        s.action_counts[envs] = 0
+
+        b = np.repeat(envs, N)
+        a = np.tile(self._arange, len(envs))
+        view = BatchView(
+            env=b,
+            agent=a,
+            task_index=s.task_index[b],
+            keys=rng.derive(np.repeat(init_keys, N), _SOLVE, a),
+            state=s,
+        )
+        batch = self.backend.solve_batch(view)
+        self._write(batch, b, a)
+        self.round_tokens[envs] = (batch.prompt_tokens + batch.completion_tokens).reshape(-1, N)
+        s.tokens[envs] = self.round_tokens[envs].sum(1)
+        self._vote()
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Apply one round of simultaneous actions ``[B, N]`` (validated by the views)."""
+        s, cfg = self.state, self.config
+        backend = self.backend
+        same_before = self._same
+        correct_before = s.correct.copy()
+        answer_before = s.answer.copy()
+        tokens = np.zeros(actions.shape, np.int64)
+
+        # CONCEDE reads the pre-round state, so gather before anything is written.
+        concede = actions == Action.CONCEDE
+        if concede.any():
+            target = self._concede_targets(same_before)
+            rows = np.arange(self.num_envs)[:, None]
+            # Conceding to a peer that already shares my answer changes nothing (= PERSIST).
+            concede &= (target >= 0) & ~same_before[rows, self._arange[None, :], np.maximum(target, 0)]
+        if concede.any():
+            cb, ca = np.nonzero(concede)
+            ct = target[cb, ca]
+            conceded = {f: getattr(s, f)[cb, ct] for f in SOLUTION_FIELDS}
+            tokens[cb, ca] = backend.concede_tokens
+
+        refine = actions == Action.REFINE
+        if refine.any():
+            rb, ra = np.nonzero(refine)
+            view = BatchView(
+                env=rb,
+                agent=ra,
+                task_index=s.task_index[rb],
+                keys=rng.derive(s.key[rb], _REFINE, s.round[rb], ra),
+                state=s,
+            )
+            batch = backend.refine_batch(view)
+            self._write(batch, rb, ra)
+            tokens[rb, ra] = batch.prompt_tokens + batch.completion_tokens
+        if concede.any():
+            for f, values in conceded.items():
+                getattr(s, f)[cb, ca] = values
+
+        s.changed = s.answer != answer_before
+        s.last_action = actions.astype(np.int8)
+        s.round += 1
+        s.tokens += tokens.sum(1)
+        self.round_tokens = tokens
+        s.action_counts += np.stack([(actions == a).sum(1) for a in Action], axis=1)
+
+        self._vote()
+        team_correct = voting.winner_correct(s.correct, self._winner)
+        done = s.round >= cfg.max_rounds
+        if cfg.stop_on_consensus:
+            done |= self._same.all(axis=(1, 2))
+
+        if cfg.reward == "consensus":
+            loo = voting.leave_one_out(self._same, s.self_confidence, cfg.tie_break, self._noise())
+            terms = consensus_terms(
+                correct_before,
+                s.correct,
+                team_correct,
+                voting.winner_correct(s.correct, loo),
+                cfg.w_local,
+                cfg.w_global,
+            )
+        else:
+            terms = terminal_terms(team_correct, done, self.num_agents)
+        terms["token_cost"] = token_cost_term(tokens, cfg.token_cost)
+        rewards = sum(terms.values())
+        return StepResult(rewards, terms, tokens, done, team_correct)
+
+    # ------------------------------------------------------------------ views' helpers
+    def observations(self) -> np.ndarray:
+        """Flat observations ``[B, N, layout.size]`` of the current state."""
+        s = self.state
+        feats = agent_features(
+            s.self_confidence,
+            s.judge_confidence,
+            s.logprob_confidence,
+            s.steps,
+            s.operators,
+            s.answer >= 0,
+            s.changed,
+            s.last_action,
+        )
+        return build_observations(
+            feats,
+            self._same,
+            self.in_plurality(),
+            s.round / self.config.max_rounds,
+            self.config.max_peers,
+        )
+
+    def action_masks(self) -> np.ndarray:
+        """``[B, N, 3]`` int8: CONCEDE is masked when no peer holds a parsed answer."""
+        masks = np.ones((self.num_envs, self.num_agents, NUM_ACTIONS), np.int8)
+        parsed = self.state.answer >= 0
+        peers_parsed = parsed.sum(1, keepdims=True) - parsed
+        masks[..., Action.CONCEDE] = peers_parsed > 0
+        return masks
+
+    def global_state(self, obs: np.ndarray) -> np.ndarray:
+        """``[B, state_size]``: every agent's own block plus a presence flag, padded."""
+        B, N, _ = obs.shape
+        slots = self.config.max_peers + 1
+        own = obs[..., self.layout.own]
+        out = np.zeros((B, slots, own.shape[-1] + 1), np.float32)
+        out[:, :N, 0] = 1.0
+        out[:, :N, 1:] = own
+        return out.reshape(B, -1)
+
+    def in_plurality(self) -> np.ndarray:
+        return voting.holds(self._same, self._winner)
+
+    def team_winner(self) -> np.ndarray:
+        """``[B]`` index of an agent holding the team answer (-1 when none)."""
+        return self._winner
+
+    def answer_text(self, env: int, agent: int) -> str | None:
+        s = self.state
+        return self.backend.answer_text(int(s.task_index[env]), int(s.answer[env, agent]))
+
+    # ------------------------------------------------------------------ internals
+    def _write(self, batch: SolutionBatch, b: np.ndarray, a: np.ndarray) -> None:
+        s = self.state
+        for f in fields(SolutionBatch):
+            if f.name in ("prompt_tokens", "completion_tokens"):
+                continue
+            getattr(s, f.name)[b, a] = getattr(batch, f.name)
+        s.length[b, a] = batch.completion_tokens
+
+    def _noise(self) -> np.ndarray | None:
+        if self.config.tie_break != "random":
+            return None
+        s = self.state
+        return rng.uniform(rng.derive(s.key, _TIE, s.round), self.num_agents)
+
+    def _vote(self) -> None:
+        s = self.state
+        self._same = voting.agreement(s.answer)
+        self._winner = voting.plurality(
+            self._same, s.self_confidence, self.config.tie_break, self._noise()
+        )
+
+    def _concede_targets(self, same: np.ndarray) -> np.ndarray:
+        """``[B, N]`` the peer each agent would copy on CONCEDE (-1 when none parsed)."""
+        s = self.state
+        conf = s.self_confidence.astype(np.float64)
+        parsed = s.answer >= 0
+        eye = np.eye(self.num_agents, dtype=bool)
+        if self.config.concede_rule == "plurality":
+            # Holders of j's answer among i's peers; the most confident holder breaks ties.
+            count = same.sum(-1)[:, None, :] - same.transpose(0, 2, 1)
+            score = count * 10.0 + conf[:, None, :]
+        else:
+            score = np.broadcast_to(conf[:, None, :], same.shape).copy()
+        valid = parsed[:, None, :] & ~eye
+        score = np.where(valid, score, -np.inf)
+        target = np.argmax(score, axis=-1)
+        return np.where(valid.any(-1), target, -1)
+
+
+def validate_actions(
+    actions: Mapping[Any, Any], agents: Sequence[str], fix: str = "pass one action per agent"
+) -> np.ndarray:
+    """Check an actions dict against the live agents and return ``int64 [N]``.
+
+    Raises a `ValueError` naming the culprit and the valid range.
+    """
+    if not isinstance(actions, Mapping):
+        raise ValueError(
+            f"actions must be a dict {{agent: action}} for agents {list(agents)}, "
+            f"got {type(actions).__name__}"
+        )
+    missing = [a for a in agents if a not in actions]
+    extra = [a for a in actions if a not in agents]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if extra:
+            parts.append(f"unknown or finished agents {extra}")
+        raise ValueError(f"actions dict: {'; '.join(parts)}; live agents are {list(agents)}: {fix}")
+    out = np.empty(len(agents), np.int64)
+    for i, agent in enumerate(agents):
+        out[i] = _as_action(agent, actions[agent])
+    return out
+
+
+def _as_action(agent: str, value: Any) -> int:
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(
+            f"{agent}: action {value!r} ({type(value).__name__}) is not an integer in "
+            f"Discrete({NUM_ACTIONS}) ({ACTION_HELP})"
+        )
+    if not 0 <= value < NUM_ACTIONS:
+        raise ValueError(f"{agent}: action {value} is not in Discrete({NUM_ACTIONS}) ({ACTION_HELP})")
+    return int(value)
+
+
+def check_action_array(actions: Any, shape: tuple[int, int]) -> np.ndarray:
+    """Validate a vector env's action array ``[B, N]`` of ints in 0..2."""
+    arr = np.asarray(actions)
+    if arr.shape != shape:
+        raise ValueError(f"actions must have shape {shape} (num_envs, num_agents), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise ValueError(
+                f"actions must be integers in Discrete({NUM_ACTIONS}) ({ACTION_HELP}), got dtype {arr.dtype}"
+            )
+    bad = (arr < 0) | (arr >= NUM_ACTIONS)
+    if bad.any():
+        e, a = np.argwhere(bad)[0]
+        raise ValueError(
+            f"env {e}, agent_{a}: action {arr[e, a]} is not in Discrete({NUM_ACTIONS}) ({ACTION_HELP})"
+        )
+    return arr

@@ -1,0 +1,58 @@
+"""Counter-based random numbers: every draw is a hash of (episode key, tags, counter).
+
+Why not one `np.random.Generator` shared by the batch: with a shared stream, env `b` of a
+vector env would see different numbers than the same env run alone, so the two views of
+the core could not be compared trajectory by trajectory. Keyed draws make each env's
+randomness depend only on its own seed (as JAX keys do), stay fully vectorised, and let a
+group of rollouts share the initial solutions (same key) and differ later (other tags).
+The hash is SplitMix64's finaliser, which passes BigCrush on a counter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import ndtri
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = (np.uint64(s) for s in (30, 27, 31, 11))
+_TO_UNIT = 2.0**-53
+
+
+def mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
+    x = np.atleast_1d(np.asarray(x, dtype=np.uint64))  # 0-d uint64 would warn on wrap-around
+    x = (x ^ (x >> _S30)) * _M1
+    x = (x ^ (x >> _S27)) * _M2
+    return x ^ (x >> _S31)
+
+
+def derive(keys: np.ndarray, *tags: int | np.ndarray) -> np.ndarray:
+    """A new key per entry of `keys` for each combination of `tags` (broadcast)."""
+    k = np.asarray(keys, dtype=np.uint64)
+    for tag in tags:
+        k = mix(k ^ mix(mix(np.asarray(tag, dtype=np.uint64)) + _GOLDEN))
+    return k
+
+
+def seed_key(seed: int | np.ndarray) -> np.ndarray:
+    """The root key of an integer seed (any non-negative int below 2**64)."""
+    return mix(mix(np.asarray(seed, dtype=np.uint64)) + _GOLDEN)
+
+
+def uniform(keys: np.ndarray, size: int) -> np.ndarray:
+    """`size` uniforms in (0, 1) per key: shape `keys.shape + (size,)`."""
+    counters = np.arange(1, size + 1, dtype=np.uint64) * _GOLDEN
+    x = mix(np.asarray(keys, dtype=np.uint64)[..., None] + counters)
+    return ((x >> _S11).astype(np.float64) + 0.5) * _TO_UNIT
+
+
+def normal(keys: np.ndarray, size: int) -> np.ndarray:
+    """`size` standard normals per key (inverse CDF of `uniform`)."""
+    return ndtri(uniform(keys, size))
+
+
+def seeds(keys: np.ndarray) -> np.ndarray:
+    """31-bit integer seeds (for LLM samplers) from keys."""
+    return (mix(keys) >> np.uint64(33)).astype(np.int64)

@@ -1,0 +1,88 @@
+"""Plurality voting on answer ids, for the whole team and for every leave-one-out subset.
+
+Two agents agree when they hold the same parsed answer (an unparseable answer agrees with
+nobody and receives no vote). Ties between answers with equally many holders are broken by
+`tie_break`: ``"confidence"`` (highest summed verbalised confidence of the holders),
+``"first"`` (the answer of the lowest-indexed holder) or ``"random"``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+TIE_BREAKS = ("confidence", "first", "random")
+_BIG = 1e6  # vote counts dominate; the tie-break term stays below 1e3
+
+
+def agreement(answer: np.ndarray) -> np.ndarray:
+    """``[B, N, N]`` bool: agents i and j hold the same parsed answer."""
+    parsed = answer >= 0  # UNPARSED is -1
+    return (answer[:, :, None] == answer[:, None, :]) & parsed[:, :, None]
+
+
+def _tie_term(same: np.ndarray, confidence: np.ndarray, tie_break: str, noise: np.ndarray | None):
+    """Secondary score of each holder ``[B, N]`` (larger wins), before leave-one-out."""
+    if tie_break == "confidence":
+        return np.einsum("bij,bj->bi", same, confidence)
+    N = same.shape[-1]
+    if tie_break == "first":
+        # The answer whose first holder has the lowest index wins: score each holder by the
+        # index of its answer group's first member.
+        first = np.argmax(same, axis=-1)
+        return (N - first).astype(np.float64)
+    if tie_break == "random":
+        if noise is None:
+            raise ValueError("tie_break='random' needs noise")
+        return noise
+    raise ValueError(f"tie_break {tie_break!r} is not one of {TIE_BREAKS}")
+
+
+def plurality(
+    same: np.ndarray, confidence: np.ndarray, tie_break: str, noise: np.ndarray | None = None
+) -> np.ndarray:
+    """Index ``[B]`` of an agent holding the team answer; -1 when no answer parsed."""
+    count = same.sum(-1)
+    score = count * _BIG + _tie_term(same, confidence, tie_break, noise)
+    score = np.where(count > 0, score, -np.inf)
+    winner = np.argmax(score, axis=-1)
+    return np.where(count.max(-1) > 0, winner, -1)
+
+
+def leave_one_out(
+    same: np.ndarray, confidence: np.ndarray, tie_break: str, noise: np.ndarray | None = None
+) -> np.ndarray:
+    """``[B, N]``: for each agent i, an agent holding the plurality answer of the team
+    without i (-1 when none of the others parsed an answer)."""
+    B, N, _ = same.shape
+    eye = np.eye(N, dtype=bool)
+    # count[b, i, j]: holders of j's answer once i is removed.
+    count = same.sum(-1)[:, None, :] - same.transpose(0, 2, 1)
+    if tie_break == "confidence":
+        tie = np.einsum("bjk,bk->bj", same, confidence)[:, None, :] - (
+            same.transpose(0, 2, 1) * confidence[:, :, None]
+        )
+    elif tie_break == "first":
+        # First holder of j's answer among agents other than i.
+        idx = np.where(same[:, None, :, :] & ~eye[None, :, None, :], np.arange(N), N)
+        tie = (N - idx.min(-1)).astype(np.float64)
+    else:
+        tie = np.broadcast_to(_tie_term(same, confidence, tie_break, noise)[:, None, :], (B, N, N))
+    score = np.where((count > 0) & ~eye, count * _BIG + tie, -np.inf)
+    winner = np.argmax(score, axis=-1)
+    return np.where(np.isfinite(score.max(-1)), winner, -1)
+
+
+def holds(same: np.ndarray, winner: np.ndarray) -> np.ndarray:
+    """``[B, N]`` bool: agent holds the answer of `winner` ([B])."""
+    B = same.shape[0]
+    rows = same[np.arange(B), np.maximum(winner, 0)]
+    return rows & (winner >= 0)[:, None]
+
+
+def winner_correct(correct: np.ndarray, winner: np.ndarray) -> np.ndarray:
+    """Correctness of the answer held by `winner` (any shape of leading axes over [B, N])."""
+    picked = np.take_along_axis(correct, np.maximum(winner, 0).reshape(correct.shape[0], -1), axis=1)
+    return picked.reshape(winner.shape) & (winner >= 0)
+
+
