@@ -21,6 +21,7 @@ from scipy.stats import beta
 from agents.profiles import SimProfile, get_profile
 from deliberation_env import rng
 from deliberation_env.protocol import UNPARSED, BatchView, SolutionBatch
+from deliberation_env.voting import sum_small
 from deliberation_env.tasks.task import CHOICE_LETTERS, Task
 
 _NUMERIC_OFFSETS = (1, -1, 2, 10, -2, 5, -10, 3, 100, -3, 4, -5, 20, -4, 6, 50, -20, 7, 8, 9)
@@ -94,11 +95,11 @@ class SimulatedBackend:
         own_answer, own_correct = A[rows, view.agent], C[rows, view.agent]
 
         n_peers = max(N - 1, 1)
-        frac_right = (C & peer).sum(1) / n_peers
+        frac_right = sum_small(C & peer, 1) / n_peers
         # The peers' most common wrong answer and the share of peers holding it.
         wrong = peer & ~C & (A >= 0)
         same = (A[:, :, None] == A[:, None, :]) & wrong[:, None, :]
-        holders = np.where(wrong, same.sum(-1), 0)
+        holders = np.where(wrong, sum_small(same), 0)
         modal = A[rows, np.argmax(holders, 1)]
         modal_share = holders.max(1) / n_peers
 
@@ -119,7 +120,7 @@ class SimulatedBackend:
         stays_wrong = np.where(conform, modal, np.where(redraw, fresh, own_answer))
         answer = np.where(correct, 0, np.where(own_correct, broken, stays_wrong))
 
-        context = st.length[view.env].sum(1)  # own + peers' solutions in the prompt
+        context = sum_small(st.length[view.env], 1, np.int64)  # own + peers' solutions in the prompt
         prompt = self.question_tokens[t] + p.refine_instruction_tokens + context
         return self._finish(view, answer, correct, u[:, 3], prompt)
 

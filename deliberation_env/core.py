@@ -259,7 +259,7 @@ class DeliberationCore:
         batch = self.backend.solve_batch(view)
         self._write(batch, b, a)
         self.round_tokens[envs] = (batch.prompt_tokens + batch.completion_tokens).reshape(-1, N)
-        s.tokens[envs] = self.round_tokens[envs].sum(1)
+        s.tokens[envs] = voting.sum_small(self.round_tokens[envs], 1, np.int64)
         self._vote()
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -304,9 +304,10 @@ class DeliberationCore:
         s.changed = s.answer != answer_before
         s.last_action = actions.astype(np.int8)
         s.round += 1
-        s.tokens += tokens.sum(1)
+        s.tokens += voting.sum_small(tokens, 1, np.int64)
         self.round_tokens = tokens
-        s.action_counts += np.stack([(actions == a).sum(1) for a in Action], axis=1)
+        for a in Action:
+            s.action_counts[:, a] += voting.sum_small(actions == a, 1)
 
         self._vote()
         team_correct = voting.winner_correct(s.correct, self._winner)
@@ -356,7 +357,7 @@ class DeliberationCore:
         """``[B, N, 3]`` int8: CONCEDE is masked when no peer holds a parsed answer."""
         masks = np.ones((self.num_envs, self.num_agents, NUM_ACTIONS), np.int8)
         parsed = self.state.answer >= 0
-        peers_parsed = parsed.sum(1, keepdims=True) - parsed
+        peers_parsed = voting.sum_small(parsed, 1)[:, None] - parsed
         masks[..., Action.CONCEDE] = peers_parsed > 0
         return masks
 
@@ -411,7 +412,7 @@ class DeliberationCore:
         eye = np.eye(self.num_agents, dtype=bool)
         if self.config.concede_rule == "plurality":
             # Holders of j's answer among i's peers; the most confident holder breaks ties.
-            count = same.sum(-1)[:, None, :] - same.transpose(0, 2, 1)
+            count = voting.sum_small(same)[:, None, :] - same.transpose(0, 2, 1)
             score = count * 10.0 + conf[:, None, :]
         else:
             score = np.broadcast_to(conf[:, None, :], same.shape).copy()

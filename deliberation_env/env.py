@@ -217,8 +217,9 @@ class DeliberationEnv(ParallelEnv):
         self.agents = self.possible_agents[:]
         obs = self._observe()
         infos = self._infos(tokens=self.core.round_tokens[0])
-        self._transcript = self._header() + [self._round_line(0, None, infos)]
-        self._auto_render(self._transcript)
+        if self.render_mode is not None:
+            self._transcript = self._header() + [self._round_line(0, None, infos)]
+            self._auto_render(self._transcript)
         return obs, infos
 
     def step(self, actions: dict):
@@ -236,15 +237,19 @@ class DeliberationEnv(ParallelEnv):
         infos = self._infos(tokens=result.tokens[0])
         for i, agent in enumerate(self.agents):
             infos[agent]["reward_terms"] = {k: float(v[0, i]) for k, v in result.terms.items()}
-        new_lines = [self._round_line(int(self.core.state.round[0]), arr, infos)]
+        new_lines = []
+        if self.render_mode is not None:
+            new_lines.append(self._round_line(int(self.core.state.round[0]), arr, infos))
         if done:
             final = self._final_info(bool(result.team_correct[0]))
             for agent in self.agents:
                 infos[agent].update(final)
-            new_lines.append(self._final_line(final))
+            if self.render_mode is not None:
+                new_lines.append(self._final_line(final))
             self.agents = []
-        self._transcript += new_lines
-        self._auto_render(new_lines)
+        if new_lines:
+            self._transcript += new_lines
+            self._auto_render(new_lines)
         return obs, rewards, terminations, truncations, infos
 
     def render(self) -> str | None:

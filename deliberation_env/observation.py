@@ -120,20 +120,24 @@ def agent_features(
     changed: np.ndarray,
     last_action: np.ndarray,
 ) -> np.ndarray:
-    """The `AGENT_FEATURES` block ``[B, N, 11]`` from per-agent arrays ``[B, N]``."""
-    has_lp = ~np.isnan(logprob_confidence)
-    out = np.empty((*self_confidence.shape, len(AGENT_FEATURES)), dtype=np.float32)
-    out[..., 0] = self_confidence
-    out[..., 1] = judge_confidence
-    out[..., 2] = np.where(has_lp, logprob_confidence, 0.0)
-    out[..., 3] = has_lp
-    out[..., 4] = np.minimum(steps / STEPS_SCALE, 1.0)
-    out[..., 5] = np.minimum(operators / OPERATORS_SCALE, 1.0)
-    out[..., 6] = parsed
-    out[..., 7] = changed
-    for a in range(3):
-        out[..., 8 + a] = last_action == a
-    return out
+    """The `AGENT_FEATURES` rows ``[F, B, N]`` (feature-major) from arrays ``[B, N]``."""
+    has_lp = logprob_confidence == logprob_confidence  # not NaN
+    return np.stack(
+        [
+            self_confidence,
+            judge_confidence,
+            np.where(has_lp, logprob_confidence, 0.0),
+            has_lp,
+            np.minimum(steps * (1.0 / STEPS_SCALE), 1.0),
+            np.minimum(operators * (1.0 / OPERATORS_SCALE), 1.0),
+            parsed,
+            changed,
+            last_action == 0,
+            last_action == 1,
+            last_action == 2,
+        ],
+        dtype=np.float32,
+    )
 
 
 def build_observations(
@@ -146,40 +150,58 @@ def build_observations(
     """Flat observations ``[B, N, size]``.
 
     Args:
-        feats: `agent_features` output ``[B, N, F]``.
+        feats: `agent_features` output, feature-major ``[F, B, N]``.
         same: ``[B, N, N]`` bool, agents i and j hold the same parsed answer.
         in_plurality: ``[B, N]`` bool, agent holds the team answer.
         round_frac: ``[B]`` rounds played / max_rounds.
         max_peers: peer slots in the layout.
+
+    The result is a transposed view of a feature-major buffer: every feature is written
+    contiguously (a C-order write would touch one cache line per value), and torch
+    reads it without a copy (a transposed GEMM).
     """
-    B, N, F = feats.shape
+    # Loops run over peer slots (a handful), never over the batch.
+    F, B, N = feats.shape
     layout = ObservationLayout(max_peers)
-    obs = np.zeros((B, N, layout.size), dtype=np.float32)
-    sizes = same.sum(-1)
-    distinct = np.where(sizes > 0, 1.0 / np.maximum(sizes, 1), 0.0).sum(-1) / N
-    o = 0
-    obs[..., o] = sizes / N
-    obs[..., o + 1] = distinct[:, None]
-    obs[..., o + 2] = in_plurality
-    obs[..., o + 3] = round_frac[:, None]
-    obs[..., o + 4 : o + 4 + F] = feats
+    obs = np.empty((layout.size, B, N), dtype=np.float32)
+    sizes = same[..., 0].astype(np.float32)
+    for j in range(1, N):
+        sizes += same[..., j]
+    obs[0] = sizes * (1.0 / N)
+    distinct = np.where(sizes > 0, 1.0 / np.maximum(sizes, 1.0), 0.0)
+    obs[1] = (distinct.sum(-1) * (1.0 / N))[:, None]
+    obs[2] = in_plurality
+    obs[3] = round_frac[:, None]
+    obs[4 : 4 + F] = feats
+
+    s = layout.summary.start
+    summary = obs[s : s + len(SUMMARY_FEATURES)]
+    summary[:] = 0.0
+    P = len(PEER_FEATURES)
+    start = layout.peers.start
+    rows = np.arange(N)
+    for p in range(1, N):
+        j = (rows + p) % N  # agent i's p-th peer
+        peer = feats[:, :, j]
+        agrees = same[:, rows, j]
+        summary[0] += agrees
+        summary[1] += peer[0]
+        summary[3] += peer[1]
+        summary[5:9] += peer[7:11]
+        if p == 1:
+            summary[2] = peer[0]
+            summary[4] = peer[1]
+        else:
+            np.maximum(summary[2], peer[0], out=summary[2])
+            np.maximum(summary[4], peer[1], out=summary[4])
+        if p <= max_peers:
+            o = start + (p - 1) * P
+            obs[o] = 1.0
+            obs[o + 1] = agrees
+            obs[o + 2] = in_plurality[:, j]
+            obs[o + 3 : o + P] = peer
     if N > 1:
-        order = peer_order(N)
-        peer = feats[:, order]  # [B, N, N-1, F]
-        agrees = np.take_along_axis(same, np.broadcast_to(order, (B, N, N - 1)), axis=2)
-        s = layout.summary.start
-        obs[..., s] = agrees.mean(-1)
-        obs[..., s + 1] = peer[..., 0].mean(-1)
-        obs[..., s + 2] = peer[..., 0].max(-1)
-        obs[..., s + 3] = peer[..., 1].mean(-1)
-        obs[..., s + 4] = peer[..., 1].max(-1)
-        obs[..., s + 5 : s + 9] = peer[..., 7:11].mean(2)
-        k = min(N - 1, max_peers)
-        blocks = obs[..., layout.peers].reshape(B, N, max_peers, len(PEER_FEATURES))
-        blocks[:, :, :k, 0] = 1.0
-        blocks[:, :, :k, 1] = agrees[:, :, :k]
-        blocks[:, :, :k, 2] = in_plurality[:, order[:, :k]]
-        blocks[:, :, :k, 3:] = peer[:, :, :k]
-        obs[..., layout.peers] = blocks.reshape(B, N, -1)
-    obs[..., layout.summary.stop - 1] = N / (max_peers + 1)
-    return obs
+        summary[[0, 1, 3, 5, 6, 7, 8]] *= 1.0 / (N - 1)
+    summary[9] = N / (max_peers + 1)
+    obs[start + min(N - 1, max_peers) * P :] = 0.0
+    return obs.transpose(1, 2, 0)

@@ -22,18 +22,26 @@ _TO_UNIT = 2.0**-53
 
 def mix(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
-    x = np.atleast_1d(np.asarray(x, dtype=np.uint64))  # 0-d uint64 would warn on wrap-around
+    x = np.atleast_1d(np.asarray(x, dtype=np.uint64))  # 0-d uint64 warns on wrap-around
     x = (x ^ (x >> _S30)) * _M1
     x = (x ^ (x >> _S27)) * _M2
     return x ^ (x >> _S31)
 
 
+# Odd 64-bit multipliers, one per tag position: a key and its tags are combined as
+# key + sum(tag_i * P_i) and hashed once (distinct small tag tuples never collide).
+_TAG_MULTIPLIERS = tuple(
+    np.uint64(m)
+    for m in (0xD6E8FEB86659FD93, 0xA0761D6478BD642F, 0xE7037ED1A0B428DB, 0x8EBC6AF09C88C6E3)
+)
+
+
 def derive(keys: np.ndarray, *tags: int | np.ndarray) -> np.ndarray:
     """A new key per entry of `keys` for each combination of `tags` (broadcast)."""
-    k = np.asarray(keys, dtype=np.uint64)
-    for tag in tags:
-        k = mix(k ^ mix(mix(np.asarray(tag, dtype=np.uint64)) + _GOLDEN))
-    return k
+    k = np.atleast_1d(np.asarray(keys, dtype=np.uint64))
+    for tag, m in zip(tags, _TAG_MULTIPLIERS):
+        k = k + np.atleast_1d(np.asarray(tag, dtype=np.uint64)) * m
+    return mix(k)
 
 
 def seed_key(seed: int | np.ndarray) -> np.ndarray:
