@@ -206,6 +206,7 @@ class DeliberationCore:
         self._same: np.ndarray | None = None
         self._winner: np.ndarray | None = None
         self._arange = np.arange(config.num_agents)
+        self._action_ids = np.arange(NUM_ACTIONS)
         self.round_tokens = np.zeros((num_envs, config.num_agents), np.int64)
         """Tokens each agent spent in the last reset or step ``[B, N]``."""
 
@@ -306,8 +307,7 @@ class DeliberationCore:
         s.round += 1
         s.tokens += voting.sum_small(tokens, 1, np.int64)
         self.round_tokens = tokens
-        for a in Action:
-            s.action_counts[:, a] += voting.sum_small(actions == a, 1)
+        s.action_counts += voting.sum_small(actions[..., None] == self._action_ids, 1)
 
         self._vote()
         team_correct = voting.winner_correct(s.correct, self._winner)

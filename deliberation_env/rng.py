@@ -16,8 +16,8 @@ from scipy.special import ndtri
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S11 = (np.uint64(s) for s in (30, 27, 31, 11))
-_TO_UNIT = 2.0**-53
+_S30, _S27, _S31, _S40 = (np.uint64(s) for s in (30, 27, 31, 40))
+_TO_UNIT = np.float32(2.0**-24)
 
 
 def mix(x: np.ndarray) -> np.ndarray:
@@ -50,10 +50,13 @@ def seed_key(seed: int | np.ndarray) -> np.ndarray:
 
 
 def uniform(keys: np.ndarray, size: int) -> np.ndarray:
-    """`size` uniforms in (0, 1) per key: shape `keys.shape + (size,)`."""
+    """`size` float32 uniforms in (0, 1) per key: shape `keys.shape + (size,)`.
+
+    24 bits of resolution: plenty for a simulator, and half the memory traffic of float64.
+    """
     counters = np.arange(1, size + 1, dtype=np.uint64) * _GOLDEN
     x = mix(np.asarray(keys, dtype=np.uint64)[..., None] + counters)
-    return ((x >> _S11).astype(np.float64) + 0.5) * _TO_UNIT
+    return ((x >> _S40).astype(np.float32) + np.float32(0.5)) * _TO_UNIT
 
 
 def normal(keys: np.ndarray, size: int) -> np.ndarray:
