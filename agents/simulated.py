@@ -21,8 +21,8 @@ from scipy.stats import beta
 from agents.profiles import SimProfile, get_profile
 from deliberation_env import rng
 from deliberation_env.protocol import UNPARSED, BatchView, SolutionBatch
-from deliberation_env.voting import sum_small
 from deliberation_env.tasks.task import CHOICE_LETTERS, Task
+from deliberation_env.voting import sum_small
 
 _NUMERIC_OFFSETS = (1, -1, 2, 10, -2, 5, -10, 3, 100, -3, 4, -5, 20, -4, 6, 50, -20, 7, 8, 9)
 
@@ -104,9 +104,15 @@ class SimulatedBackend:
         modal_share = holders.max(1) / n_peers
 
         fix = np.interp(frac_right, (0.0, 0.5, 1.0), p.fix_rate)
-        agree_level = modal_share if N <= 2 else np.clip((modal_share - 1 / n_peers) / (1 - 1 / n_peers), 0, 1)
+        agree_level = (
+            modal_share
+            if N <= 2
+            else np.clip((modal_share - 1 / n_peers) / (1 - 1 / n_peers), 0, 1)
+        )
         all_wrong = p.break_wrong_split + (p.break_wrong_agree - p.break_wrong_split) * agree_level
-        brk = np.where(frac_right >= 1, p.break_all_right, np.where(frac_right > 0, p.break_mixed, all_wrong))
+        brk = np.where(
+            frac_right >= 1, p.break_all_right, np.where(frac_right > 0, p.break_mixed, all_wrong)
+        )
         if N == 1:
             fix, brk = np.full(M, p.fix_rate[0]), np.full(M, p.break_mixed)
 
@@ -120,7 +126,9 @@ class SimulatedBackend:
         stays_wrong = np.where(conform, modal, np.where(redraw, fresh, own_answer))
         answer = np.where(correct, 0, np.where(own_correct, broken, stays_wrong))
 
-        context = sum_small(st.length[view.env], 1, np.int64)  # own + peers' solutions in the prompt
+        context = sum_small(
+            st.length[view.env], 1, np.int64
+        )  # own + peers' solutions in the prompt
         prompt = self.question_tokens[t] + p.refine_instruction_tokens + context
         return self._finish(view, answer, correct, u[:, 3], prompt)
 

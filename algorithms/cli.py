@@ -29,23 +29,33 @@ def _demo(args: argparse.Namespace) -> int:
     print("One episode with random meta-actions:\n")
     print(env.render())
 
-    print(f"\nFixed protocols over {args.episodes} questions ({args.profile}, N={args.num_agents}, "
-          f"T={args.max_rounds}):\n")
+    print(
+        f"\nFixed protocols over {args.episodes} questions ({args.profile}, N={args.num_agents}, "
+        f"T={args.max_rounds}):\n"
+    )
     print("| protocol | team accuracy | tokens / question |")
     print("|---|---|---|")
-    for name, action in (("always PERSIST (= self-consistency vote)", Action.PERSIST),
-                         ("always REFINE (= LLM debate)", Action.REFINE),
-                         ("random", None)):
+    for name, action in (
+        ("always PERSIST (= self-consistency vote)", Action.PERSIST),
+        ("always REFINE (= LLM debate)", Action.REFINE),
+        ("random", None),
+    ):
         vec = VectorDeliberationEnv(
-            args.episodes, autoreset=False, num_agents=args.num_agents,
-            max_rounds=args.max_rounds, profile=args.profile, tasks=args.tasks,
+            args.episodes,
+            autoreset=False,
+            num_agents=args.num_agents,
+            max_rounds=args.max_rounds,
+            profile=args.profile,
+            tasks=args.tasks,
         )
         vec.reset(seed=args.seed)
         shape = (args.episodes, args.num_agents)
         for _ in range(args.max_rounds):
             acts = rng.integers(0, 3, shape) if action is None else np.full(shape, int(action))
             _, _, done, _, info = vec.step(acts)
-        print(f"| {name} | {info['team_correct'].mean():.3f} | {info['episode_tokens'].mean():.0f} |")
+        print(
+            f"| {name} | {info['team_correct'].mean():.3f} | {info['episode_tokens'].mean():.0f} |"
+        )
     return 0
 
 

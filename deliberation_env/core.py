@@ -278,7 +278,9 @@ class DeliberationCore:
             target = self._concede_targets(same_before)
             rows = np.arange(self.num_envs)[:, None]
             # Conceding to a peer that already shares my answer changes nothing (= PERSIST).
-            concede &= (target >= 0) & ~same_before[rows, self._arange[None, :], np.maximum(target, 0)]
+            concede &= (target >= 0) & ~same_before[
+                rows, self._arange[None, :], np.maximum(target, 0)
+            ]
         if concede.any():
             cb, ca = np.nonzero(concede)
             ct = target[cb, ca]
@@ -458,7 +460,9 @@ def _as_action(agent: str, value: Any) -> int:
             f"Discrete({NUM_ACTIONS}) ({ACTION_HELP})"
         )
     if not 0 <= value < NUM_ACTIONS:
-        raise ValueError(f"{agent}: action {value} is not in Discrete({NUM_ACTIONS}) ({ACTION_HELP})")
+        raise ValueError(
+            f"{agent}: action {value} is not in Discrete({NUM_ACTIONS}) ({ACTION_HELP})"
+        )
     return int(value)
 
 
@@ -468,7 +472,11 @@ def check_action_array(actions: Any, shape: tuple[int, int]) -> np.ndarray:
     if arr.shape != shape:
         raise ValueError(f"actions must have shape {shape} (num_envs, num_agents), got {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        if (
+            np.issubdtype(arr.dtype, np.floating)
+            and np.all(np.isfinite(arr))
+            and np.all(arr == np.round(arr))
+        ):
             arr = arr.astype(np.int64)
         else:
             raise ValueError(

@@ -188,7 +188,7 @@ class DeliberationEnv(ParallelEnv):
         self._transcript: list[str] = []
 
     # ------------------------------------------------------------------ spaces
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - PettingZoo's documented idiom
+    @functools.cache  # noqa: B019 - PettingZoo's documented idiom
     def observation_space(self, agent: str) -> spaces.Space:
         box = spaces.Box(0.0, 1.0, (self.layout.size,), np.float32)
         if self.obs_mode == "flat":
@@ -197,7 +197,7 @@ class DeliberationEnv(ParallelEnv):
             {"observation": box, "action_mask": spaces.Box(0, 1, (NUM_ACTIONS,), np.int8)}
         )
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019
+    @functools.cache  # noqa: B019
     def action_space(self, agent: str) -> spaces.Space:
         return spaces.Discrete(NUM_ACTIONS)
 
@@ -226,7 +226,9 @@ class DeliberationEnv(ParallelEnv):
         if not self.agents:
             if self._obs is None:
                 raise RuntimeError("step() was called before reset(): call reset() first")
-            raise RuntimeError("the episode is over (all agents terminated): call reset() to start a new one")
+            raise RuntimeError(
+                "the episode is over (all agents terminated): call reset() to start a new one"
+            )
         arr = validate_actions(actions, self.agents)
         result = self.core.step(arr[None, :])
         obs = self._observe()

@@ -93,7 +93,9 @@ class ObservationLayout:
 
     def names(self) -> list[str]:
         """Name of every entry of the flat observation, in order."""
-        names = [f"own.{n}" for n, _ in OWN_FEATURES] + [f"summary.{n}" for n, _ in SUMMARY_FEATURES]
+        names = [f"own.{n}" for n, _ in OWN_FEATURES] + [
+            f"summary.{n}" for n, _ in SUMMARY_FEATURES
+        ]
         for p in range(self.max_peers):
             names += [f"peer{p}.{n}" for n, _ in PEER_FEATURES]
         return names

@@ -45,7 +45,9 @@ def consensus_terms(
     return {"local": local, "global": global_}
 
 
-def terminal_terms(team_correct: np.ndarray, done: np.ndarray, num_agents: int) -> dict[str, np.ndarray]:
+def terminal_terms(
+    team_correct: np.ndarray, done: np.ndarray, num_agents: int
+) -> dict[str, np.ndarray]:
     """Team correctness for every agent of an env that just ended, else 0."""
     value = (team_correct & done).astype(np.float64)
     return {"terminal": np.repeat(value[:, None], num_agents, axis=1)}

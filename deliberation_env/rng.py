@@ -38,6 +38,8 @@ _TAG_MULTIPLIERS = tuple(
 
 def derive(keys: np.ndarray, *tags: int | np.ndarray) -> np.ndarray:
     """A new key per entry of `keys` for each combination of `tags` (broadcast)."""
+    if len(tags) > len(_TAG_MULTIPLIERS):
+        raise ValueError(f"derive takes at most {len(_TAG_MULTIPLIERS)} tags, got {len(tags)}")
     k = np.atleast_1d(np.asarray(keys, dtype=np.uint64))
     for tag, m in zip(tags, _TAG_MULTIPLIERS):
         k = k + np.atleast_1d(np.asarray(tag, dtype=np.uint64)) * m

@@ -80,7 +80,9 @@ class VectorDeliberationEnv:
         else:
             seeds = np.asarray(seed, np.uint64)
             if seeds.shape != (B,):
-                raise ValueError(f"seed must be an int or {B} ints (one per env), got shape {seeds.shape}")
+                raise ValueError(
+                    f"seed must be an int or {B} ints (one per env), got shape {seeds.shape}"
+                )
         group = int(options.get("group_size", 1))
         if group < 1 or B % group:
             raise ValueError(f"group_size={group} must divide num_envs={B}")

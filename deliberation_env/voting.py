@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 TIE_BREAKS = ("confidence", "first", "random")
 _BIG = 1e6  # vote counts dominate; the tie-break term stays below 1e3
 
@@ -92,7 +91,7 @@ def holds(same: np.ndarray, winner: np.ndarray) -> np.ndarray:
 
 def winner_correct(correct: np.ndarray, winner: np.ndarray) -> np.ndarray:
     """Correctness of the answer held by `winner` (any shape of leading axes over [B, N])."""
-    picked = np.take_along_axis(correct, np.maximum(winner, 0).reshape(correct.shape[0], -1), axis=1)
+    picked = np.take_along_axis(
+        correct, np.maximum(winner, 0).reshape(correct.shape[0], -1), axis=1
+    )
     return picked.reshape(winner.shape) & (winner >= 0)
-
-
