@@ -59,6 +59,9 @@ class EnvConfig:
     holder) or ``"most_confident"`` (the most confident peer)."""
     tie_break: str = "confidence"
     """Plurality ties: ``"confidence"`` (summed confidence), ``"first"`` or ``"random"``."""
+    vote: str = "plurality"
+    """Team answer: ``"plurality"`` (most holders, the paper's) or ``"weighted"`` (highest
+    summed verbalised confidence, as RECONCILE; holders count breaks ties)."""
     reward: str = "consensus"
     """``"consensus"`` (per-round shaping, the paper's) or ``"terminal"`` (team correctness)."""
     w_local: float = 1.0
@@ -87,6 +90,7 @@ class EnvConfig:
             ("concede_rule", self.concede_rule, CONCEDE_RULES),
             ("tie_break", self.tie_break, voting.TIE_BREAKS),
             ("reward", self.reward, REWARDS),
+            ("vote", self.vote, voting.VOTES),
         ):
             if value not in valid:
                 raise ValueError(f"{name}={value!r} is not one of {valid}")
@@ -263,9 +267,16 @@ class DeliberationCore:
         s.tokens[envs] = voting.sum_small(self.round_tokens[envs], 1, np.int64)
         self._vote()
 
-    def step(self, actions: np.ndarray) -> StepResult:
-        """Apply one round of simultaneous actions ``[B, N]`` (validated by the views)."""
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
+        """Apply one round of simultaneous actions ``[B, N]`` (validated by the views).
+
+        `active` ([B] bool) freezes the other envs: their actions are ignored, their
+        state, round and counters stay, and their rewards are 0 (finished episodes of a
+        batch that is not auto-reset).
+        """
         s, cfg = self.state, self.config
+        if active is not None:
+            actions = np.where(active[:, None], actions, int(Action.PERSIST))
         backend = self.backend
         same_before = self._same
         correct_before = s.correct.copy()
@@ -305,20 +316,30 @@ class DeliberationCore:
                 getattr(s, f)[cb, ca] = values
 
         s.changed = s.answer != answer_before
-        s.last_action = actions.astype(np.int8)
-        s.round += 1
+        counts = voting.sum_small(actions[..., None] == self._action_ids, 1)
+        if active is None:
+            s.last_action = actions.astype(np.int8)
+            s.round += 1
+            s.action_counts += counts
+        else:
+            s.last_action = np.where(active[:, None], actions, s.last_action).astype(np.int8)
+            s.round += active
+            s.action_counts += counts * active[:, None]
         s.tokens += voting.sum_small(tokens, 1, np.int64)
         self.round_tokens = tokens
-        s.action_counts += voting.sum_small(actions[..., None] == self._action_ids, 1)
 
         self._vote()
         team_correct = voting.winner_correct(s.correct, self._winner)
         done = s.round >= cfg.max_rounds
         if cfg.stop_on_consensus:
             done |= self._same.all(axis=(1, 2))
+        if active is not None:
+            done |= ~active
 
         if cfg.reward == "consensus":
-            loo = voting.leave_one_out(self._same, s.self_confidence, cfg.tie_break, self._noise())
+            loo = voting.leave_one_out(
+                self._same, s.self_confidence, cfg.tie_break, self._noise(), cfg.vote
+            )
             terms = consensus_terms(
                 correct_before,
                 s.correct,
@@ -330,8 +351,28 @@ class DeliberationCore:
         else:
             terms = terminal_terms(team_correct, done, self.num_agents)
         terms["token_cost"] = token_cost_term(tokens, cfg.token_cost)
+        if active is not None:
+            terms = {k: v * active[:, None] for k, v in terms.items()}
         rewards = sum(terms.values())
         return StepResult(rewards, terms, tokens, done, team_correct)
+
+    # ------------------------------------------------------------------ counterfactuals
+    def spawn(self, num_envs: int) -> DeliberationCore:
+        """A scratch core of `num_envs` envs sharing this one's config, backend and tasks."""
+        self.ensure_backend()
+        other = DeliberationCore(self.config, num_envs)
+        other.backend, other.tasks = self.backend, self.tasks
+        return other
+
+    def get_rows(self, envs: np.ndarray) -> State:
+        """A copy of the state of `envs` (any order, repeats allowed)."""
+        return State(**{f.name: getattr(self.state, f.name)[envs] for f in fields(State)})
+
+    def set_rows(self, envs: np.ndarray, rows: State) -> None:
+        """Load `rows` (from `get_rows`, possibly of another core) into `envs`."""
+        for f in fields(State):
+            getattr(self.state, f.name)[envs] = getattr(rows, f.name)
+        self._vote()
 
     # ------------------------------------------------------------------ views' helpers
     def observations(self) -> np.ndarray:
@@ -403,7 +444,7 @@ class DeliberationCore:
         s = self.state
         self._same = voting.agreement(s.answer)
         self._winner = voting.plurality(
-            self._same, s.self_confidence, self.config.tie_break, self._noise()
+            self._same, s.self_confidence, self.config.tie_break, self._noise(), self.config.vote
         )
 
     def _concede_targets(self, same: np.ndarray) -> np.ndarray:

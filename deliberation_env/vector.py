@@ -33,7 +33,10 @@ class VectorDeliberationEnv:
 
     Args:
         num_envs: B, the number of envs.
-        autoreset: start the next episode of an env in the step that ends it.
+        autoreset: start the next episode of an env in the step that ends it. Without
+            it, finished envs stay frozen (actions ignored, reward 0, ``terminated`` stays
+            True, ``infos["active"]`` False) until ``reset()``; stepping once all have
+            finished raises.
         **kwargs: `EnvConfig` fields (``num_agents``, ``max_rounds``, ``profile``, ...).
 
     ``step(actions[B, N])`` returns ``(obs[B, N, D], rewards[B, N], terminated[B],
@@ -103,13 +106,13 @@ class VectorDeliberationEnv:
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         if self._obs is None:
             raise RuntimeError("step() was called before reset(): call reset() first")
-        if self._done.any():
-            raise RuntimeError(
-                "some envs finished and autoreset=False: call reset() before stepping again"
-            )
+        if self._done.all():
+            raise RuntimeError("every episode has ended and autoreset=False: call reset()")
         arr = check_action_array(actions, (self.num_envs, self.num_agents))
         s = self.core.state
-        result = self.core.step(arr)
+        # Without autoreset, finished envs stay frozen (zero reward) until reset().
+        active = ~self._done if self._done.any() else None
+        result = self.core.step(arr, active)
         done = result.done
         obs = self.core.observations()
         infos: dict[str, Any] = {
@@ -130,6 +133,7 @@ class VectorDeliberationEnv:
                 obs = self.core.observations()
             else:
                 self._done = done.copy()
+        infos["active"] = ~self._done
         infos["action_mask"] = self.core.action_masks()
         infos["task_index"] = s.task_index.copy()
         self._obs = obs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 TIE_BREAKS = ("confidence", "first", "random")
+VOTES = ("plurality", "weighted")
 _BIG = 1e6  # vote counts dominate; the tie-break term stays below 1e3
 
 
@@ -48,36 +49,53 @@ def _tie_term(same: np.ndarray, confidence: np.ndarray, tie_break: str, noise: n
 
 
 def plurality(
-    same: np.ndarray, confidence: np.ndarray, tie_break: str, noise: np.ndarray | None = None
+    same: np.ndarray,
+    confidence: np.ndarray,
+    tie_break: str,
+    noise: np.ndarray | None = None,
+    vote: str = "plurality",
 ) -> np.ndarray:
-    """Index ``[B]`` of an agent holding the team answer; -1 when no answer parsed."""
+    """Index ``[B]`` of an agent holding the team answer; -1 when no answer parsed.
+
+    ``vote="weighted"`` ranks answers by the summed confidence of their holders instead
+    of their number (RECONCILE's confidence-weighted vote); the number breaks ties.
+    """
     count = sum_small(same)
-    score = count * _BIG + _tie_term(same, confidence, tie_break, noise)
+    if vote == "weighted":
+        score = np.einsum("bij,bj->bi", same, confidence.astype(np.float64)) * _BIG + count
+    else:
+        score = count * _BIG + _tie_term(same, confidence, tie_break, noise)
     score = np.where(count > 0, score, -np.inf)
     winner = np.argmax(score, axis=-1)
     return np.where(count.max(-1) > 0, winner, -1)
 
 
 def leave_one_out(
-    same: np.ndarray, confidence: np.ndarray, tie_break: str, noise: np.ndarray | None = None
+    same: np.ndarray,
+    confidence: np.ndarray,
+    tie_break: str,
+    noise: np.ndarray | None = None,
+    vote: str = "plurality",
 ) -> np.ndarray:
     """``[B, N]``: for each agent i, an agent holding the plurality answer of the team
     without i (-1 when none of the others parsed an answer)."""
     B, N, _ = same.shape
     eye = np.eye(N, dtype=bool)
     # count[b, i, j]: holders of j's answer once i is removed.
-    count = sum_small(same)[:, None, :] - same.transpose(0, 2, 1)
-    if tie_break == "confidence":
+    count = holders = sum_small(same)[:, None, :] - same.transpose(0, 2, 1)
+    if tie_break == "confidence" or vote == "weighted":
         tie = np.einsum("bjk,bk->bj", same, confidence)[:, None, :] - (
             same.transpose(0, 2, 1) * confidence[:, :, None]
         )
+        if vote == "weighted":
+            count, tie = tie, count  # the confidence sum decides, the number breaks ties
     elif tie_break == "first":
         # First holder of j's answer among agents other than i.
         idx = np.where(same[:, None, :, :] & ~eye[None, :, None, :], np.arange(N), N)
         tie = (N - idx.min(-1)).astype(np.float64)
     else:
         tie = np.broadcast_to(_tie_term(same, confidence, tie_break, noise)[:, None, :], (B, N, N))
-    score = np.where((count > 0) & ~eye, count * _BIG + tie, -np.inf)
+    score = np.where((holders > 0) & ~eye, count * _BIG + tie, -np.inf)
     winner = np.argmax(score, axis=-1)
     return np.where(np.isfinite(score.max(-1)), winner, -1)
 
