@@ -8,7 +8,7 @@
 | Actions | Discrete(3) |
 | Parallel API | Yes |
 | Agents | `agents = ['agent_0', 'agent_1', 'agent_2']` (N = `num_agents`) |
-| Observation shape | (77,) with `max_peers=4` (does not depend on N) |
+| Observation shape | (81,) with `max_peers=4` (does not depend on N) |
 | Observation values | [0, 1] |
 | State shape | (80,) with `max_peers=4` |
 

@@ -1,0 +1,185 @@
+"""Meta-policies: the `Policy` protocol every method implements, and `MetaPolicy`, the
+learned network (per-agent encoder, cross-attention over peers, three masked logits).
+
+The network follows MPDF (arXiv 2509.03817): the agent's own state is the attention
+query and its peers' states are keys and values. Parameters are shared across agents
+with an agent-index embedding by default, or one network per agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from deliberation_env.observation import PEER_FEATURES, ObservationLayout
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Anything that picks meta-actions for a batch of deliberations.
+
+    ``act(obs [B, N, D] float32, action_mask [B, N, 3] int8) -> actions [B, N] int``.
+    Optional hooks read by the evaluation harness: ``env_overrides`` (a mapping of
+    `EnvConfig` fields the protocol needs, e.g. ``{"num_agents": 1}``) and
+    ``bind(env)``, called with the `VectorDeliberationEnv` after each reset (only the
+    oracle uses it: it reads the hidden state).
+    """
+
+    def act(
+        self, obs: np.ndarray, action_mask: np.ndarray, deterministic: bool = False
+    ) -> np.ndarray: ...
+
+
+@dataclass
+class PolicyConfig:
+    """Architecture of `MetaPolicy`."""
+
+    max_peers: int = 4
+    """Peer slots of the observation layout (the env's ``max_peers``)."""
+    num_agents: int = 3
+    """Agents the index embedding (or the per-agent networks) cover."""
+    hidden: int = 64
+    """Width of the encoders and the head."""
+    heads: int = 4
+    """Attention heads of the cross-attention over peers."""
+    share_parameters: bool = True
+    """One network for all agents with an agent-index embedding (MPDF's default)."""
+    value_head: bool = False
+    """Add a value head (PPO)."""
+    critic_state_size: int = 0
+    """If > 0, the value head reads the global state (MAPPO's centralised critic)."""
+
+
+class _Trunk(nn.Module):
+    """Own-state encoder, cross-attention over peers, logits and optional value head."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        layout = ObservationLayout(cfg.max_peers)
+        self.own_size = layout.summary.stop  # own block + peer summary
+        self.peer_size = len(PEER_FEATURES)
+        self.peers = layout.peers
+        self.max_peers = cfg.max_peers
+        h = cfg.hidden
+        self.own = nn.Sequential(nn.Linear(self.own_size, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh())
+        self.peer = nn.Sequential(nn.Linear(self.peer_size, h), nn.Tanh(), nn.Linear(h, h))
+        # A learned "no peer" key keeps attention defined when every slot is empty (N = 1).
+        self.null = nn.Parameter(torch.zeros(1, 1, h))
+        self.attn = nn.MultiheadAttention(h, cfg.heads, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(2 * h, h), nn.Tanh(), nn.Linear(h, 3))
+        nn.init.orthogonal_(self.head[-1].weight, gain=0.01)
+        nn.init.zeros_(self.head[-1].bias)
+        self.value = None
+        if cfg.value_head:
+            inp = cfg.critic_state_size or 2 * h
+            self.value = nn.Sequential(nn.Linear(inp, h), nn.Tanh(), nn.Linear(h, 1))
+
+    def features(self, obs: torch.Tensor, agent_embedding: torch.Tensor | None) -> torch.Tensor:
+        """``[M, D] -> [M, 2H]``: own encoding and attended peer summary."""
+        q = self.own(obs[:, : self.own_size])
+        if agent_embedding is not None:
+            q = q + agent_embedding
+        peers = obs[:, self.peers].reshape(-1, self.max_peers, self.peer_size)
+        kv = torch.cat([self.null.expand(len(obs), 1, -1), self.peer(peers)], dim=1)
+        pad = torch.cat([peers.new_zeros(len(obs), 1), peers[..., 0]], dim=1) < 0.5
+        attended, _ = self.attn(q[:, None, :], kv, kv, key_padding_mask=pad, need_weights=False)
+        return torch.cat([q, attended[:, 0]], dim=-1)
+
+
+class MetaPolicy(nn.Module):
+    """The learned meta-policy. Implements `Policy`.
+
+    ``forward(obs [..., N, D], mask [..., N, 3]) -> logits [..., N, 3]`` (masked entries
+    at -1e9); ``value(obs, state=None) -> [..., N]`` when built with a value head.
+    """
+
+    def __init__(self, config: PolicyConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.config = config or PolicyConfig(**kwargs)
+        cfg = self.config
+        n_nets = 1 if cfg.share_parameters else cfg.num_agents
+        self.trunks = nn.ModuleList(_Trunk(cfg) for _ in range(n_nets))
+        self.agent_embedding = (
+            nn.Embedding(cfg.num_agents, cfg.hidden) if cfg.share_parameters else None
+        )
+        self.env_overrides: Mapping[str, Any] = {}
+
+    def _per_agent(self, obs: torch.Tensor):
+        """Yield (agent slice, trunk, features) over the agent axis (-2)."""
+        lead, (N, D) = obs.shape[:-2], obs.shape[-2:]
+        if N > self.config.num_agents:
+            raise ValueError(
+                f"observations have {N} agents but the policy was built for "
+                f"num_agents={self.config.num_agents}"
+            )
+        flat = obs.reshape(-1, N, D)
+        if self.config.share_parameters:
+            emb = (
+                self.agent_embedding.weight[:N]
+                .expand(flat.shape[0], N, -1)
+                .reshape(-1, self.config.hidden)
+            )
+            feats = self.trunks[0].features(flat.reshape(-1, D), emb)
+            yield slice(None), self.trunks[0], feats.reshape(*lead, N, -1)
+        else:
+            for i in range(N):
+                yield (
+                    i,
+                    self.trunks[i],
+                    self.trunks[i].features(flat[:, i], None).reshape(*lead, -1),
+                )
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [(idx, trunk.head(f)) for idx, trunk, f in self._per_agent(obs)]
+        logits = parts[0][1] if len(parts) == 1 else torch.stack([p for _, p in parts], dim=-2)
+        if mask is not None:
+            logits = logits.masked_fill(mask < 0.5, -1e9)
+        return logits
+
+    def value(self, obs: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        """State values ``[..., N]`` (per-agent features, or the global state for MAPPO)."""
+        if not self.config.value_head:
+            raise RuntimeError("this policy has no value head: build it with value_head=True")
+        out = []
+        for idx, trunk, f in self._per_agent(obs):
+            if self.config.critic_state_size:
+                inp = state[..., None, :].expand(*obs.shape[:-1], state.shape[-1])
+                inp = inp if idx == slice(None) else inp[..., idx, :]
+            else:
+                inp = f
+            out.append(trunk.value(inp)[..., 0])
+        return out[0] if len(out) == 1 else torch.stack(out, dim=-1)
+
+    def distribution(self, obs: torch.Tensor, mask: torch.Tensor | None = None):
+        return torch.distributions.Categorical(logits=self(obs, mask))
+
+    @torch.no_grad()
+    def act(
+        self, obs: np.ndarray, action_mask: np.ndarray, deterministic: bool = False
+    ) -> np.ndarray:
+        logits = self(
+            torch.as_tensor(np.asarray(obs), dtype=torch.float32), torch.as_tensor(action_mask)
+        )
+        if deterministic:
+            return logits.argmax(-1).numpy()
+        return torch.distributions.Categorical(logits=logits).sample().numpy()
+
+    def save(self, path: str | Path, **extra: Any) -> None:
+        """Write the config and weights (and any `extra` metadata) to `path`."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": asdict(self.config), "state_dict": self.state_dict(), **extra}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> MetaPolicy:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(payload, dict) or "config" not in payload:
+            raise ValueError(f"{path} is not a MetaPolicy checkpoint (no 'config' entry)")
+        policy = cls(PolicyConfig(**payload["config"]))
+        policy.load_state_dict(payload["state_dict"])
+        return policy

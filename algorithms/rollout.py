@@ -1,0 +1,85 @@
+"""Grouped rollouts on `VectorDeliberationEnv`.
+
+A *group* is G rollouts of the whole episode on one question: the same task and the same
+initial solutions (the env's ``options={"group_size": G}``), with independent sampling
+afterwards (the meta-policy's actions and the backend's refinements). The *group reward*
+of agent i in rollout g is its episode return, the sum of its per-round rewards. SoftRankPO,
+GRPO and REINFORCE compare these returns within each (question, agent) group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from algorithms.policy import MetaPolicy
+from deliberation_env import VectorDeliberationEnv
+
+
+@dataclass
+class Rollout:
+    """T rounds of B = Q x G envs with N agents (envs ordered question-major)."""
+
+    obs: np.ndarray  # float32 [T, B, N, D]
+    masks: np.ndarray  # int8 [T, B, N, 3]
+    actions: np.ndarray  # int64 [T, B, N]
+    logp: np.ndarray  # float32 [T, B, N], behaviour log-probabilities
+    rewards: np.ndarray  # float32 [T, B, N]
+    active: np.ndarray  # bool [T, B], env still running at round t
+    states: np.ndarray  # float32 [T, B, S], global state (centralised critics)
+    team_correct: np.ndarray  # bool [B]
+    tokens: np.ndarray  # int64 [B]
+    action_counts: np.ndarray  # int64 [B, 3]
+    group_size: int
+
+    @property
+    def returns(self) -> np.ndarray:
+        """Episode return of each agent ``[B, N]``: the group reward."""
+        return (self.rewards * self.active[..., None]).sum(0)
+
+    def by_group(self, x: np.ndarray) -> np.ndarray:
+        """``[B, ...] -> [Q, G, ...]``."""
+        return x.reshape(-1, self.group_size, *x.shape[1:])
+
+    @property
+    def agent_steps(self) -> int:
+        return int(self.active.sum()) * self.obs.shape[2]
+
+
+def collect(env: VectorDeliberationEnv, policy: MetaPolicy, seed: int, group_size: int) -> Rollout:
+    """Play one episode in every env of `env` (built with ``autoreset=False``) with actions
+    sampled from `policy`; consecutive blocks of `group_size` envs form a group."""
+    if env.autoreset:
+        raise ValueError("collect needs a VectorDeliberationEnv built with autoreset=False")
+    obs, info = env.reset(seed=seed, options={"group_size": group_size})
+    active = np.ones(env.num_envs, bool)
+    steps: list[tuple] = []
+    final: dict = {}
+    while active.any():
+        mask = info["action_mask"]
+        state = env.state()
+        with torch.no_grad():
+            dist = policy.distribution(torch.as_tensor(obs), torch.as_tensor(mask))
+            actions = dist.sample()
+            logp = dist.log_prob(actions)
+        next_obs, rewards, done, _, info = env.step(actions.numpy())
+        steps.append((obs, mask, actions.numpy(), logp.numpy(), rewards, active, state))
+        final = info
+        active = info["active"]
+        obs = next_obs
+    cols = list(zip(*steps))
+    return Rollout(
+        obs=np.stack(cols[0]),
+        masks=np.stack(cols[1]),
+        actions=np.stack(cols[2]),
+        logp=np.stack(cols[3]),
+        rewards=np.stack(cols[4]),
+        active=np.stack(cols[5]),
+        states=np.stack(cols[6]),
+        team_correct=final["team_correct"].copy(),
+        tokens=final["episode_tokens"].copy(),
+        action_counts=final["episode_actions"].copy(),
+        group_size=group_size,
+    )
