@@ -6,7 +6,9 @@ Advantage (our reading of the paper, DESIGN section 9), for each group of G roll
 mid-ranks with ties averaged -> normal scores ``ndtri((rank - 0.5) / G)`` (Hazen plotting
 position) -> centred -> divided by the group's std of the scores (zero for an all-tied
 group) -> divided by the temperature tau. Loss: PPO's clipped surrogate on these
-advantages plus ``beta * KL(pi || pi_ref)``; or, with ``loss="rank_matching"``, the
+advantages plus ``beta * KL(pi || pi_ref)``. Advantages have zero mean, unit std times
+1/tau, and ``|A| <= ndtri(1 - 0.5/G) / (std * tau)`` for a group without ties (ties shift
+the scores' mean off 0 and widen the bound by that mean); or, with ``loss="rank_matching"``, the
 cross-entropy between softmax over the group of the scaled scores and softmax of the
 implicit reward ``beta * log(pi / pi_ref)`` of each rollout.
 """
