@@ -1,18 +1,36 @@
-"""The `deliberate` command: `deliberate demo` (and, as the algorithms land, train/eval/compare)."""
+"""The `deliberate` command.
+
+    deliberate demo                                       a transcript and a small comparison
+    deliberate train --algo softrankpo --steps 200 --out runs/srpo [--resume]
+    deliberate eval --policy runs/srpo/policy.pt --seeds 0 1 2
+    deliberate eval --protocol debate --seeds 0 1 2
+    deliberate compare --preset quick --out runs/compare  (the main job; `make run`)
+
+`train` takes every field of the algorithm's config dataclass as an option
+(``--group-size 16``, ``--tau 0.6``...); ``deliberate train --algo NAME --help`` lists them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
+import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 import deliberation_env
 from deliberation_env import Action, VectorDeliberationEnv
 
+DEFAULT_PROFILE = deliberation_env.EnvConfig.profile
 
+
+# ---------------------------------------------------------------------- demo
 def _demo(args: argparse.Namespace) -> int:
     env = deliberation_env.parallel_env(
         num_agents=args.num_agents,
@@ -28,10 +46,9 @@ def _demo(args: argparse.Namespace) -> int:
         obs, rewards, terms, truncs, infos = env.step(actions)
     print("One episode with random meta-actions:\n")
     print(env.render())
-
     print(
-        f"\nFixed protocols over {args.episodes} questions ({args.profile}, N={args.num_agents}, "
-        f"T={args.max_rounds}):\n"
+        f"\nFixed protocols over {args.episodes} questions ({args.profile}, "
+        f"N={args.num_agents}, T={args.max_rounds}):\n"
     )
     print("| protocol | team accuracy | tokens / question |")
     print("|---|---|---|")
@@ -59,24 +76,200 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- train
+def _option_type(tp: Any) -> Any:
+    """argparse type of a dataclass field annotation (str under `from __future__`)."""
+    hints = {"int": int, "float": float, "str": str, "bool": _bool}
+    name = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+    name = name.replace(" | None", "").replace("Optional[", "").rstrip("]")
+    return hints.get(name)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--field-name`` option per scalar field of a config dataclass."""
+    for f in dataclasses.fields(cls):
+        kind = _option_type(f.type)
+        if kind is None:
+            continue  # dicts and the like: set them from Python
+        default = f.default if f.default is not dataclasses.MISSING else None
+        doc = _field_doc(cls, f.name)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default,
+            help=f"{doc} (default: {default})",
+        )  # fmt: skip
+
+
+def _field_doc(cls: type, name: str) -> str:
+    """The docstring under a dataclass field, read from the source (CleanRL style)."""
+    import ast
+    import inspect
+
+    for klass in cls.__mro__:
+        try:
+            tree = ast.parse(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and getattr(node.target, "id", None) == name
+                and isinstance(nxt, ast.Expr)
+                and isinstance(getattr(nxt, "value", None), ast.Constant)
+            ):
+                return " ".join(str(nxt.value.value).split())
+    return ""
+
+
+def _train(args: argparse.Namespace, rest: list[str]) -> int:
+    from algorithms.registry import get_algorithm
+
+    algo = get_algorithm(args.algo)
+    cls, train = algo.load()
+    parser = argparse.ArgumentParser(
+        prog=f"deliberate train --algo {args.algo}", description=algo.description
+    )
+    add_config_options(parser, cls)
+    parser.add_argument("--steps", dest="updates", type=int, help="alias of --updates")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    opts = vars(parser.parse_args(rest))
+    resume = opts.pop("resume")
+    if opts.get("updates") is None:
+        opts.pop("updates")
+    cfg = cls(**{k: v for k, v in opts.items() if v is not None})
+    kwargs = {"resume": True} if resume else {}
+    if resume and "resume" not in inspect.signature(train).parameters:
+        raise SystemExit(f"--resume is not supported by {args.algo}: it restarts in seconds")
+    start = time.perf_counter()
+    policy, history = train(cfg, **kwargs)
+    seconds = time.perf_counter() - start
+    steps = sum(h.get("agent_steps", 0) for h in history)
+    last = history[-1] if history else {}
+    summary = {k: v for k, v in last.items() if isinstance(v, (int, float))}
+    print(json.dumps({"algo": args.algo, "seconds": round(seconds, 1), "agent_steps_per_second":
+                      round(steps / seconds) if steps else None, "last": summary}, indent=2))  # fmt: skip
+    if getattr(cfg, "out", None):
+        print(f"policy written to {Path(cfg.out) / 'policy.pt'}")
+    return 0
+
+
+# ---------------------------------------------------------------------- eval
+def load_policy(path: str) -> Any:
+    """A trained policy from `path`: a MetaPolicy checkpoint (.pt) or an SB3 model (.zip)."""
+    if not Path(path).exists():
+        raise SystemExit(f"no policy file at {path}: train one with `deliberate train --out DIR`")
+    if path.endswith(".zip"):
+        from algorithms.sb3 import SB3Policy
+
+        return SB3Policy.load(path)
+    from algorithms.policy import MetaPolicy
+
+    return MetaPolicy.load(path)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from algorithms.common import TrainConfig, split_tasks
+    from algorithms.evaluate import compare, markdown_table
+    from algorithms.heuristics import make_protocol
+
+    if (args.policy is None) == (args.protocol is None):
+        raise SystemExit("give exactly one of --policy PATH or --protocol NAME")
+    policy = load_policy(args.policy) if args.policy else make_protocol(args.protocol)
+    name = args.protocol or Path(args.policy).stem
+    cfg = TrainConfig(profile=args.profile, tasks=args.tasks, num_agents=args.num_agents,
+                      max_rounds=args.max_rounds)  # fmt: skip
+    _, eval_tasks = split_tasks(cfg)
+    results = compare(
+        {name: policy}, cfg.env_config(), eval_tasks, args.seeds, args.episodes, args.out
+    )
+    print(markdown_table(results))
+    return 0
+
+
+# ---------------------------------------------------------------------- compare
+def _compare(args: argparse.Namespace) -> int:
+    from algorithms.experiments import print_results, run_compare
+
+    results = run_compare(
+        preset=args.preset, out=args.out, profile=args.profile, tasks=args.tasks, seed=args.seed,
+        methods=tuple(args.methods) if args.methods else None,
+    )  # fmt: skip
+    print_results(results)
+    print(f"\nwritten: {args.out}/results.json, results.md and plots")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deliberate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="deliberate", description="MPDF deliberation: train, evaluate, compare."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="print one deliberation transcript and a small comparison")
-    demo.add_argument("--profile", default=deliberation_env.EnvConfig.profile)
-    demo.add_argument("--tasks", default="arithmetic")
-    demo.add_argument("--num-agents", type=int, default=3)
-    demo.add_argument("--max-rounds", type=int, default=3)
+
+    def env_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profile", default=DEFAULT_PROFILE, help="simulated backend profile")
+        p.add_argument("--tasks", default="arithmetic:2000", help="load_tasks spec")
+        p.add_argument("--num-agents", type=int, default=3)
+        p.add_argument("--max-rounds", type=int, default=3)
+
+    demo = sub.add_parser("demo", help="one deliberation transcript and a small comparison")
+    env_options(demo)
+    demo.set_defaults(tasks="arithmetic")
     demo.add_argument("--episodes", type=int, default=5000)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser(
+        "train", help="train a meta-policy (--algo NAME --help for options)", add_help=False
+    )
+    train.add_argument("--algo", required=True)
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="evaluate a trained policy or a heuristic protocol")
+    env_options(ev)
+    ev.add_argument("--policy", help="a policy.pt (MetaPolicy) or .zip (SB3) file")
+    ev.add_argument("--protocol", help="a heuristic protocol name")
+    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ev.add_argument("--episodes", type=int, default=1000)
+    ev.add_argument("--out", default=None, help="write results.json/md and plots here")
+    ev.set_defaults(func=_eval)
+
+    cmp = sub.add_parser(
+        "compare", help="train every method, evaluate all protocols, print the table"
+    )
+    cmp.add_argument("--preset", default="quick", help="quick (minutes) or paper (longer)")
+    cmp.add_argument("--out", default="runs/compare")
+    cmp.add_argument("--profile", default=DEFAULT_PROFILE)
+    cmp.add_argument("--tasks", default="arithmetic:2000")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument(
+        "--methods", nargs="+", help="learned methods to train (default: the preset's)"
+    )
+    cmp.set_defaults(func=_compare)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    import torch
+
+    # The meta-policy is tiny: extra threads cost more in synchronisation than they save.
+    torch.set_num_threads(1)
     start = time.perf_counter()
-    code = args.func(args)
+    if args.command == "train":
+        code = _train(args, rest)
+    else:
+        if rest:
+            raise SystemExit(f"unrecognised arguments: {' '.join(rest)}")
+        code = args.func(args)
     print(f"\n(done in {time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return code
 

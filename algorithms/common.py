@@ -68,6 +68,9 @@ class TrainConfig:
     share_parameters: bool = True
     """One network for all agents with an agent-index embedding (MPDF)."""
     seed: int = 0
+    torch_threads: int = 1
+    """CPU threads for torch. The meta-policy is tiny: with more threads, synchronisation
+    costs more than the arithmetic (100x slower on a busy 2-core machine)."""
     eval_every: int = 0
     """Evaluate on held-out questions every k updates (0: only at the end)."""
     eval_episodes: int = 500
@@ -249,6 +252,7 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.name, self.cfg, self.update = name, cfg, update
+        torch.set_num_threads(cfg.torch_threads)
         self.train_tasks, self.eval_tasks = split_tasks(cfg)
         self.env = cfg.env(self.train_tasks, cfg.questions_per_update * cfg.group_size)
         self.policy = policy if policy is not None else make_policy(cfg)

@@ -1,0 +1,123 @@
+"""Stage 1 of MPDF's pipeline: supervised fine-tuning (behaviour cloning) of the
+meta-policy on hindsight labels, and the two-stage pipeline (SFT, then RL with the KL
+trust region anchored at the SFT policy).
+
+Labels (DESIGN section 6, our reading of the paper): states are recorded while a
+behaviour protocol (uniform random by default, so every situation appears) plays; for
+each state and agent the label is the action with the best counterfactual reward that
+round, the peers' actions held fixed (`algorithms.hindsight.hindsight_labels`: exact for
+PERSIST and CONCEDE, the backend's own draw for REFINE; ties go to the cheapest action).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from algorithms.common import TrainConfig, make_policy, split_tasks
+from algorithms.hindsight import hindsight_labels
+from algorithms.policy import MetaPolicy
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Behaviour cloning on hindsight labels (fields of `TrainConfig` plus these)."""
+
+    episodes: int = 4096
+    """Deliberations recorded for the dataset (each gives T rounds x N agent states)."""
+    behaviour: str = "random"
+    """Protocol that plays while states are recorded (`algorithms.heuristics`)."""
+    epochs: int = 15
+    """Passes over the dataset."""
+    batch_size: int = 512
+    """Rounds (x N agents) per gradient step."""
+    lr: float = 1e-3
+
+
+@dataclass
+class Dataset:
+    obs: np.ndarray  # float32 [M, N, D]
+    masks: np.ndarray  # int8 [M, N, 3]
+    labels: np.ndarray  # int64 [M, N]
+
+    def label_shares(self) -> dict[str, float]:
+        counts = np.bincount(self.labels.ravel(), minlength=3) / self.labels.size
+        return dict(zip(("persist", "refine", "concede"), counts.round(4).tolist()))
+
+
+def collect_dataset(cfg: SFTConfig, tasks: list, seed: int) -> Dataset:
+    """Record states under the behaviour protocol with their hindsight labels."""
+    from algorithms.heuristics import make_protocol
+
+    behaviour = (
+        make_protocol(cfg.behaviour)
+        if cfg.behaviour != "random"
+        else make_protocol("random", seed=seed)
+    )
+    env = cfg.env(tasks, cfg.episodes)
+    obs, info = env.reset(seed=seed)
+    active = np.ones(env.num_envs, bool)
+    parts: list[tuple[np.ndarray, ...]] = []
+    while active.any():
+        mask = info["action_mask"]
+        actions = behaviour.act(obs, mask)
+        labels = hindsight_labels(env.core, actions, active)
+        parts.append((obs[active], mask[active], labels[active]))
+        obs, _, _, _, info = env.step(actions)
+        active = info["active"]
+    return Dataset(*(np.concatenate(c) for c in zip(*parts)))
+
+
+def train(
+    cfg: SFTConfig | None = None, progress: bool = True
+) -> tuple[MetaPolicy, list[dict[str, Any]]]:
+    """Fit a fresh meta-policy to hindsight labels; history has one record per epoch."""
+    cfg = cfg or SFTConfig()
+    torch.set_num_threads(cfg.torch_threads)
+    train_tasks, _ = split_tasks(cfg)
+    data = collect_dataset(cfg, train_tasks, seed=cfg.seed)
+    policy = make_policy(cfg)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    obs, masks, labels = (torch.as_tensor(x) for x in (data.obs, data.masks, data.labels))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    for epoch in tqdm(range(cfg.epochs), desc="sft", disable=not progress, leave=False):
+        losses, hits = [], []
+        for idx in torch.randperm(len(obs), generator=gen).split(cfg.batch_size):
+            logits = policy(obs[idx], masks[idx])
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), labels[idx].ravel())
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            losses.append(loss.item())
+            hits.append((logits.argmax(-1) == labels[idx]).float().mean().item())
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "label_accuracy": float(np.mean(hits)),
+                "label_shares": data.label_shares(),
+                "states": len(obs),
+            }
+        )
+    if cfg.out:
+        policy.save(f"{cfg.out}/policy.pt", algo="sft", history=history)
+    return policy, history
+
+
+def two_stage(
+    sft_cfg: SFTConfig, rl_train, rl_cfg: TrainConfig, progress: bool = True
+) -> tuple[MetaPolicy, MetaPolicy, list[dict[str, Any]]]:
+    """MPDF's pipeline: SFT, then RL (`rl_train`, e.g. `softrankpo.train`) starting from
+    the SFT policy with its KL term anchored at the SFT policy. Returns (sft policy, RL
+    policy, RL history)."""
+    sft_policy, _ = train(sft_cfg, progress=progress)
+    start = MetaPolicy(sft_policy.config)
+    start.load_state_dict(sft_policy.state_dict())
+    rl_policy, history = rl_train(rl_cfg, policy=start, ref=sft_policy, progress=progress)
+    return sft_policy, rl_policy, history
