@@ -87,8 +87,9 @@ class SimProfile:
     """Number of distinct wrong answers per question."""
     distractor_decay: float = 0.5
     """Weight ratio of successive wrong answers; the first is the popular misconception."""
-    parse_failure: float = 0.02
-    """DERIVED: share of outputs whose answer cannot be parsed (counted wrong)."""
+    unparsed_wrong: float = 0.1
+    """DERIVED: share of wrong outputs whose answer cannot be parsed (an unparseable answer
+    is one way of being wrong, so accuracy and transition rates stay as calibrated)."""
     fix_rate: tuple[float, float, float] = (0.03, 0.22, 0.58)
     """P(wrong->right | REFINE) when 0, half, all peers are right (linear in between)."""
     break_all_right: float = 0.02

@@ -157,11 +157,10 @@ class SimulatedBackend:
         u_parse: np.ndarray,
         prompt: np.ndarray,
     ) -> SolutionBatch:
-        """Apply parse failures and draw confidences, reasoning profile and length."""
+        """Make some wrong answers unparseable; draw confidences, reasoning profile, length."""
         p = self.profile
-        unparsed = u_parse < p.parse_failure
+        unparsed = ~correct & (u_parse < p.unparsed_wrong)
         answer = np.where(unparsed, UNPARSED, answer).astype(np.int32)
-        correct = correct & ~unparsed
         z = rng.normal(rng.derive(view.keys, 7), 6)
         c = correct.astype(np.float64)
         base = logit(np.clip(p.accuracy, 0.05, 0.95))

@@ -7,11 +7,13 @@ The registry maps a name to ``"module:attribute"`` and imports it only when aske
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from deliberation_env.core import EnvConfig
 from deliberation_env.protocol import (
     UNPARSED,
     Backend,
@@ -61,6 +63,14 @@ def make_backend(backend: Any, profile: str | None = None, **kwargs: Any) -> Bat
         factory = _resolve(backend)
         if backend == "simulated" and profile is not None:
             kwargs.setdefault("profile", profile)
+        try:
+            inspect.signature(factory).bind(**kwargs)
+        except TypeError as err:
+            accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+            raise ValueError(
+                f"backend {backend!r} does not take {sorted(kwargs)} ({err}); it accepts "
+                f"{accepted}; env arguments are {sorted(EnvConfig.__dataclass_fields__)}"
+            ) from None
         backend = factory(**kwargs)
     elif kwargs:
         raise ValueError(

@@ -6,6 +6,7 @@ views over this one implementation; per-agent dicts are built only at their API 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
@@ -98,6 +99,15 @@ class EnvConfig:
             raise ValueError(f"token_cost must be >= 0, got {self.token_cost}")
 
 
+def check_seed(seed: Any) -> int:
+    """A seed as an int in [0, 2**64), or a ValueError that says so."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be a non-negative integer (or None), got {seed!r}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return int(seed)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -182,12 +192,18 @@ def episode_keys(base: np.ndarray, episode: np.ndarray, leader: np.ndarray) -> t
     return key, init
 
 
-def make_backend_for(config: EnvConfig) -> tuple[BatchBackend, list[Task]]:
-    """Build the backend and task list of a config (lazily: backends import heavy stacks)."""
-    from deliberation_env.backends import make_backend
+@functools.lru_cache(maxsize=32)
+def _load_spec(spec: str) -> tuple[Task, ...]:
     from deliberation_env.tasks import load_tasks
 
-    tasks = load_tasks(config.tasks)
+    return tuple(load_tasks(spec))
+
+
+def make_backend_for(config: EnvConfig) -> tuple[BatchBackend, list[Task]]:
+    """Build the backend and task list of a config."""
+    from deliberation_env.backends import make_backend
+
+    tasks = list(_load_spec(config.tasks) if isinstance(config.tasks, str) else config.tasks)
     if not tasks:
         raise ValueError(f"tasks={config.tasks!r} gave no tasks; pass a non-empty task source")
     backend = make_backend(config.backend, profile=config.profile, **dict(config.backend_kwargs))
@@ -326,7 +342,7 @@ class DeliberationCore:
             s.round += active
             s.action_counts += counts * active[:, None]
         s.tokens += voting.sum_small(tokens, 1, np.int64)
-        self.round_tokens = tokens
+        self.round_tokens = tokens.copy()  # reset() writes into it; results keep theirs
 
         self._vote()
         team_correct = voting.winner_correct(s.correct, self._winner)

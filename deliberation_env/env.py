@@ -115,6 +115,7 @@ from deliberation_env.core import (
     Action,
     DeliberationCore,
     EnvConfig,
+    check_seed,
     episode_keys,
     validate_actions,
 )
@@ -181,6 +182,7 @@ class DeliberationEnv(ParallelEnv):
         self.possible_agents = [f"agent_{i}" for i in range(num_agents)]
         self.agents: list[str] = []
         self.core = DeliberationCore(self.config, num_envs=1)
+        self.core.ensure_backend()  # a bad profile, task source or backend fails here
         self.state_space = spaces.Box(0.0, 1.0, (self.layout.state_size,), np.float32)
         self._base_key: np.ndarray | None = None
         self._episode = -1
@@ -204,7 +206,7 @@ class DeliberationEnv(ParallelEnv):
     # ------------------------------------------------------------------ API
     def reset(self, seed: int | None = None, options: dict | None = None):
         if seed is not None:
-            self._base_key = seed_key(np.array([seed], np.uint64))
+            self._base_key = seed_key(np.array([check_seed(seed)], np.uint64))
             self._episode = 0
         elif self._base_key is None:
             self._base_key = seed_key(np.random.SeedSequence().generate_state(1, np.uint64))

@@ -59,6 +59,7 @@ class VectorDeliberationEnv:
         self.num_agents = self.config.num_agents
         self.autoreset = autoreset
         self.core = DeliberationCore(self.config, num_envs)
+        self.core.ensure_backend()
         self.layout = ObservationLayout(self.config.max_peers)
         self.single_observation_space = spaces.Box(0.0, 1.0, (self.layout.size,), np.float32)
         self.single_action_space = spaces.Discrete(NUM_ACTIONS)
@@ -100,6 +101,7 @@ class VectorDeliberationEnv:
             "action_mask": self.core.action_masks(),
             "task_index": self.core.state.task_index.copy(),
             "tokens": self.core.round_tokens.copy(),
+            "correct": self.core.state.correct.copy(),
         }
         return self._obs, infos
 
@@ -139,6 +141,11 @@ class VectorDeliberationEnv:
         self._obs = obs
         truncated = np.zeros(self.num_envs, bool)
         return obs, result.rewards.astype(np.float32), done, truncated, infos
+
+    @property
+    def active(self) -> np.ndarray:
+        """``[B]`` bool: envs whose episode is still running (always all with autoreset)."""
+        return ~self._done
 
     def state(self) -> np.ndarray:
         """Global state ``[B, state_size]`` for centralised critics."""

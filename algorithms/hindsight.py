@@ -1,0 +1,115 @@
+"""Exact one-round counterfactuals of a deliberation state: what each alternative action
+would have earned, the best joint action (the oracle), and hindsight labels for SFT.
+
+Every random draw of the env is keyed by (episode key, round, agent), so stepping a
+scratch copy of a state with the same actions reproduces exactly what the real env does:
+these counterfactuals are exact, REFINE included, for any backend whose outcome depends
+only on the request (the simulated one does). The real core is never modified.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from deliberation_env.core import NUM_ACTIONS, Action, DeliberationCore
+
+LABEL_PREFERENCE = (Action.PERSIST, Action.CONCEDE, Action.REFINE)
+"""Order in which hindsight labels break ties between equally rewarded actions: cheapest
+first (PERSIST costs nothing, CONCEDE a few bookkeeping tokens, REFINE an LLM call)."""
+
+
+def _step_copies(core: DeliberationCore, envs: np.ndarray, actions: np.ndarray):
+    """Step scratch copies of the rows `envs` of `core` once with `actions` [M, N]."""
+    scratch = core.spawn(len(envs))
+    scratch.set_rows(np.arange(len(envs)), core.get_rows(envs))
+    return scratch, scratch.step(actions)
+
+
+def counterfactual_rewards(
+    core: DeliberationCore, actions: np.ndarray, active: np.ndarray | None = None
+) -> np.ndarray:
+    """``[B, N, 3]``: the reward agent i would get this round for playing action a while
+    its peers play `actions` ``[B, N]``.
+
+    ``out[b, i, actions[b, i]]`` is the reward the env will actually give. A CONCEDE the
+    action mask forbids behaves as PERSIST (the env treats it so). Envs where `active`
+    ([B] bool) is False get 0, as the env rewards frozen envs.
+    """
+    B, N = core.num_envs, core.num_agents
+    actions = np.asarray(actions, np.int64)
+    # Copy k = (b * N + i) * 3 + a plays `actions[b]` with agent i switched to a.
+    joint = np.repeat(actions, N * NUM_ACTIONS, axis=0).reshape(B, N, NUM_ACTIONS, N)
+    agent = np.arange(N)
+    joint[:, agent, :, agent] = np.arange(NUM_ACTIONS)
+    envs = np.repeat(np.arange(B), N * NUM_ACTIONS)
+    _, result = _step_copies(core, envs, joint.reshape(-1, N))
+    rewards = result.rewards.reshape(B, N, NUM_ACTIONS, N)[:, agent, :, agent]  # [N, B, 3]
+    rewards = rewards.transpose(1, 0, 2)
+    if active is not None:
+        rewards = rewards * np.asarray(active, bool)[:, None, None]
+    return rewards
+
+
+def hindsight_labels(
+    core: DeliberationCore, actions: np.ndarray, active: np.ndarray | None = None
+) -> np.ndarray:
+    """``int64 [B, N]``: for each agent, the allowed action with the best counterfactual
+    reward given its peers' `actions` (ties: PERSIST, then CONCEDE, then REFINE).
+
+    These are the SFT targets of DESIGN section 6 ("for each recorded state, the action
+    with the best counterfactual reward"): PERSIST and CONCEDE outcomes are exact and
+    REFINE is the backend's own draw for this state. With ``reward="terminal"`` every
+    non-final round rewards 0, so its labels are all PERSIST.
+    """
+    rewards = counterfactual_rewards(core, actions, active)
+    rewards = np.where(core.action_masks() > 0, rewards, -np.inf)
+    order = np.array(LABEL_PREFERENCE, np.int64)
+    # argmax returns the first maximum: scanning in preference order breaks ties.
+    return order[np.argmax(rewards[..., order], axis=-1)]
+
+
+def joint_action_table(num_agents: int) -> np.ndarray:
+    """``int64 [3**N, N]``: every joint action, in lexicographic order (all-PERSIST first)."""
+    return np.array(list(itertools.product(range(NUM_ACTIONS), repeat=num_agents)), np.int64)
+
+
+def best_joint_actions(
+    core: DeliberationCore, active: np.ndarray | None = None, max_copies: int = 1 << 16
+) -> np.ndarray:
+    """``int64 [B, N]``: for each env, the joint action whose round ends best.
+
+    Preference: (1) the team answer is correct after the round, (2) more agents are
+    correct, (3) fewer tokens; remaining ties go to the lowest joint index (PERSIST-first
+    lexicographic order). Joint actions the mask forbids are never chosen. Envs where
+    `active` is False get all-PERSIST. Cost: scratch steps over ``B * 3**N`` copies, at
+    most `max_copies` at a time.
+    """
+    B, N = core.num_envs, core.num_agents
+    out = np.full((B, N), int(Action.PERSIST), np.int64)
+    envs = np.arange(B) if active is None else np.flatnonzero(active)
+    table = joint_action_table(N)
+    masks = core.action_masks()
+    chunk = max(1, max_copies // len(table))
+    for start in range(0, len(envs), chunk):
+        part = envs[start : start + chunk]
+        out[part] = table[_best_rows(core, part, table, masks[part])]
+    return out
+
+
+def _best_rows(
+    core: DeliberationCore, envs: np.ndarray, table: np.ndarray, masks: np.ndarray
+) -> np.ndarray:
+    """Index into `table` of the best joint action of each env in `envs`."""
+    K, N = table.shape
+    scratch, result = _step_copies(core, np.repeat(envs, K), np.tile(table, (len(envs), 1)))
+    team = result.team_correct.reshape(-1, K).astype(np.int64)
+    n_correct = scratch.state.correct.sum(-1).reshape(-1, K).astype(np.int64)
+    tokens = result.tokens.sum(-1).reshape(-1, K)
+    # One int64 score orders (team, agents correct, -tokens) lexicographically.
+    token_span = int(tokens.max()) + 1
+    score = (team * (N + 1) + n_correct) * token_span - tokens
+    allowed = masks[:, np.arange(N), table].all(-1)  # [E, K]
+    score = np.where(allowed, score, np.iinfo(np.int64).min)
+    return np.argmax(score, axis=1)

@@ -1,0 +1,219 @@
+"""Stable-Baselines3 PPO through SuperSuit, the library baseline: one MLP shared by every
+agent (parameter sharing: each agent of each env is one SB3 env), trained on the same
+training questions and evaluated by the same harness as the other meta-policies.
+
+The env path is PettingZoo's documented one (SuperSuit's
+``pettingzoo_env_to_vec_env_v1`` + ``concat_vec_envs_v1(base_class="stable_baselines3")``)
+with two gaps of SuperSuit 3.11 handled here:
+
+* its SB3 vector env has no ``seed`` (``PPO(seed=...)`` raises ``AttributeError:
+  'ConcatVecEnv' object has no attribute 'seed'``), and its ``reset`` drops the seed
+  anyway; `SeededVecEnv` adds both, so a seeded run is reproducible;
+* it has no ``env_method``, so action masks cannot be fetched. SB3's PPO ignores masks
+  in any case, which is harmless here: the only masked action, CONCEDE when no peer has a
+  parsed answer, plays as PERSIST. `SB3Policy.act` still maps masked picks to PERSIST.
+
+Timesteps are SB3's: one per agent per round (agent-steps), as ``agent_steps`` elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import supersuit as ss
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+
+import deliberation_env
+from algorithms.common import split_tasks
+from deliberation_env.core import Action
+
+
+class SeededVecEnv(VecEnvWrapper):
+    """Adds ``seed`` to SuperSuit 3.11's SB3 vector env.
+
+    ``seed(s)`` (called by SB3 when the model is built) stores `s`; the next ``reset()``
+    resets deliberation env k with ``s + k`` (SuperSuit's ``ConcatVecEnv`` convention),
+    so all agents of one env share its seed. Later episodes start automatically inside
+    SuperSuit and continue each env's seeded stream, so the whole run is deterministic.
+    """
+
+    def __init__(self, venv: VecEnv) -> None:
+        super().__init__(venv)
+        self._seed: int | None = None
+
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
+        if seed is None:  # fresh entropy at the next reset
+            self._seed = None
+            return [None] * self.num_envs
+        self._seed = int(seed)
+        per_env = self.num_envs // len(self.venv.venv.vec_envs)
+        return [self._seed + i // per_env for i in range(self.num_envs)]
+
+    def reset(self) -> np.ndarray:
+        # SuperSuit's wrapper calls its inner reset without the seed: go one level down.
+        obs, infos = self.venv.venv.reset(seed=self._seed)
+        self._seed = None
+        self.venv.reset_infos = self.reset_infos = list(infos)
+        return obs
+
+    def step_wait(self) -> VecEnvStepReturn:
+        return self.venv.step_wait()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        if attr_name == "render_mode":  # SuperSuit's inner env has no get_attr
+            return [self.venv.render_mode] * self.num_envs
+        return self.venv.get_attr(attr_name, indices)
+
+
+def make_vec_env(num_envs: int, seed: int | None = None, **env_kwargs: Any) -> SeededVecEnv:
+    """``num_envs`` deliberation envs as one SB3 vector env of ``num_envs * N`` agent slots
+    (agent-major within each env). `env_kwargs` go to `deliberation_env.parallel_env`."""
+    venv = ss.pettingzoo_env_to_vec_env_v1(deliberation_env.parallel_env(**env_kwargs))
+    venv = ss.concat_vec_envs_v1(venv, num_envs, num_cpus=0, base_class="stable_baselines3")
+    venv = SeededVecEnv(venv)
+    if seed is not None:
+        venv.seed(seed)
+    return venv
+
+
+@dataclass
+class SB3Config:
+    """SB3 PPO on the deliberation env. Env fields mean what they do in `TrainConfig`."""
+
+    profile: str = "llama3.1-8b/gsm8k"
+    """Simulated backend profile (DESIGN section 5)."""
+    tasks: str = "arithmetic:2000"
+    """Task source; trained on the same split as `TrainConfig` (`split_tasks`)."""
+    eval_fraction: float = 0.25
+    """Share of the tasks held out for evaluation, never trained on."""
+    num_agents: int = 3
+    max_rounds: int = 3
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Other `EnvConfig` fields (reward, token_cost, ...)."""
+    num_envs: int = 8
+    """Deliberation envs stepped together; SB3 sees ``num_envs * num_agents`` envs."""
+    total_timesteps: int = 200_000
+    """Training budget in agent-steps (SB3 timesteps)."""
+    n_steps: int = 64
+    """Rounds per SB3 env per rollout; a rollout is ``n_steps * num_envs * N``
+    agent-steps (1536 by default)."""
+    batch_size: int = 256
+    """SB3 minibatch size (agent-steps)."""
+    n_epochs: int = 4
+    """Passes over each rollout (CleanRL's ``update_epochs``; SB3's default is 10)."""
+    lr: float = 3e-4
+    """Adam learning rate (SB3's default)."""
+    gamma: float = 1.0
+    """Discount; 1 as in `PPOConfig` (3-round episodes always end)."""
+    gae_lambda: float = 0.95
+    ent_coef: float = 0.01
+    """Entropy bonus, as `PPOConfig.entropy_coef` (SB3's default is 0)."""
+    clip_range: float = 0.2
+    seed: int = 0
+    """Seeds SB3 (torch, numpy, random) and the envs (through `SeededVecEnv`)."""
+    device: str = "cpu"
+
+    def env_config(self) -> dict[str, Any]:
+        return {
+            "num_agents": self.num_agents,
+            "max_rounds": self.max_rounds,
+            "profile": self.profile,
+            **self.env_kwargs,
+        }
+
+
+class TeamAccuracyCallback(BaseCallback):
+    """Appends ``{"step", "team_accuracy", "episodes"}`` to `history` after each rollout,
+    from ``infos[i]["team_correct"]`` of the episodes that ended in it. SuperSuit keeps the
+    final step's infos when it auto-resets (merged with the new episode's, which carry no
+    ``team_correct``); every agent slot of an env reports its episode, so the mean over
+    slots weighs episodes equally."""
+
+    def __init__(self, history: list[dict[str, Any]], num_agents: int) -> None:
+        super().__init__()
+        self.history = history
+        self.num_agents = num_agents
+        self._correct: list[bool] = []
+
+    def _on_step(self) -> bool:
+        for done, info in zip(self.locals["dones"], self.locals["infos"]):
+            if done and "team_correct" in info:
+                self._correct.append(bool(info["team_correct"]))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._correct:
+            self.history.append(
+                {
+                    "step": int(self.num_timesteps),
+                    "team_accuracy": float(np.mean(self._correct)),
+                    "episodes": len(self._correct) // self.num_agents,
+                }
+            )
+        self._correct = []
+
+
+def train_sb3(
+    cfg: SB3Config | None = None, out: str | Path | None = None
+) -> tuple[PPO, list[dict[str, Any]]]:
+    """Train SB3's PPO (``MlpPolicy``, shared by all agents) on the training questions.
+    Returns the model and its learning curve, one row per rollout; saves ``model.zip`` to
+    `out` when given."""
+    cfg = cfg or SB3Config()
+    train_tasks, _ = split_tasks(cfg)
+    env = make_vec_env(cfg.num_envs, tasks=train_tasks, **cfg.env_config())
+    model = PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=cfg.lr,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        n_epochs=cfg.n_epochs,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        ent_coef=cfg.ent_coef,
+        clip_range=cfg.clip_range,
+        seed=cfg.seed,
+        device=cfg.device,
+        verbose=0,
+    )
+    history: list[dict[str, Any]] = []
+    model.learn(cfg.total_timesteps, callback=TeamAccuracyCallback(history, cfg.num_agents))
+    env.close()
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        model.save(Path(out) / "model.zip")
+    return model, history
+
+
+class SB3Policy:
+    """An SB3 model as a `algorithms.policy.Policy`, for the evaluation harness:
+    ``act(obs [B, N, D], action_mask [B, N, 3]) -> [B, N]`` through ``model.predict`` on
+    the ``[B * N, D]`` rows; a pick the mask forbids becomes PERSIST."""
+
+    env_overrides: Mapping[str, Any] = MappingProxyType({})
+
+    def __init__(self, model: PPO) -> None:
+        self.model = model
+
+    @classmethod
+    def load(cls, path: str | Path) -> SB3Policy:
+        return cls(PPO.load(path, device="cpu"))
+
+    def act(
+        self, obs: np.ndarray, action_mask: np.ndarray, deterministic: bool = False
+    ) -> np.ndarray:
+        obs = np.asarray(obs, np.float32)
+        B, N, D = obs.shape
+        actions, _ = self.model.predict(obs.reshape(B * N, D), deterministic=deterministic)
+        actions = np.asarray(actions, np.int64).reshape(B, N)
+        allowed = np.take_along_axis(np.asarray(action_mask), actions[..., None], -1)[..., 0]
+        return np.where(allowed > 0, actions, int(Action.PERSIST))

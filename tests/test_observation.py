@@ -1,0 +1,165 @@
+"""The observation layout entry by entry, on scripted solutions worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scripted_backend import TASKS, W1, R, Say, ScriptedBackend, X
+
+import deliberation_env
+from deliberation_env import Action
+from deliberation_env.observation import AGENT_FEATURES, ObservationLayout
+
+P, F, C = Action.PERSIST, Action.REFINE, Action.CONCEDE
+LAYOUT = ObservationLayout(4)
+
+INITIAL = [
+    Say(R, conf=0.75, judge=0.25, steps=3, operators=5),
+    Say(W1, conf=0.5, judge=0.5, steps=10, operators=20),
+    Say(R, conf=0.25, judge=0.75, logprob=0.5, steps=30, operators=50),  # clipped to 1
+    Say(X, conf=0.125, judge=0.375, steps=3, operators=5),
+]
+REFINED_1 = Say(R, conf=0.625, judge=0.5, steps=4, operators=6)
+
+
+def expected(values: dict[str, float]) -> np.ndarray:
+    """A flat observation from named entries; every entry not named is 0."""
+    out = np.zeros(LAYOUT.size, np.float32)
+    for name, value in values.items():
+        out[LAYOUT.index(name)] = value
+    return out
+
+
+def block(prefix: str, **values: float) -> dict[str, float]:
+    return {f"{prefix}.{k}": v for k, v in values.items()}
+
+
+@pytest.fixture
+def env():
+    env = deliberation_env.parallel_env(
+        num_agents=4, max_rounds=2, backend=ScriptedBackend(INITIAL, {1: [REFINED_1]}), tasks=TASKS
+    )
+    return env
+
+
+def test_layout_tables():
+    names = LAYOUT.names()
+    assert len(names) == len(set(names)) == LAYOUT.size
+    assert LAYOUT.size == LAYOUT.peers.stop
+    assert LAYOUT.state_size == 5 * (LAYOUT.own.stop + 1)
+    assert names[LAYOUT.own][0] == "own.support"
+    for p in range(4):
+        for feature, _ in AGENT_FEATURES:
+            assert f"peer{p}.{feature}" in names
+            assert f"own.{feature}" in names
+
+
+def test_initial_observation_by_hand(env):
+    obs, _ = env.reset(seed=0)
+    # Answers (R, W1, R, X). Agent 0 shares R with agent 2: support 2/4; parsed answers
+    # {R, W1}: distinct 2/4; R has 2 votes: agent 0 is in the plurality.
+    # Peers of agent 0 in cyclic order: agent 1, agent 2, agent 3.
+    agent0 = {
+        **block("own", support=0.5, distinct=0.5, in_plurality=1.0, round=0.0),
+        **block("own", self_confidence=0.75, judge_confidence=0.25, steps=3 / 20),
+        **block("own", operators=5 / 40, parsed=1.0),
+        "summary.peer_agree": 1 / 3,
+        "summary.peer_self_confidence_mean": (0.5 + 0.25 + 0.125) / 3,
+        "summary.peer_self_confidence_max": 0.5,
+        "summary.peer_judge_confidence_mean": (0.5 + 0.75 + 0.375) / 3,
+        "summary.peer_judge_confidence_max": 0.75,
+        "summary.num_agents": 4 / 5,
+        **block("peer0", present=1.0, agrees=0.0, in_plurality=0.0, self_confidence=0.5),
+        **block("peer0", judge_confidence=0.5, steps=10 / 20, operators=20 / 40, parsed=1.0),
+        **block("peer1", present=1.0, agrees=1.0, in_plurality=1.0, self_confidence=0.25),
+        **block("peer1", judge_confidence=0.75, logprob_confidence=0.5, has_logprob=1.0),
+        **block("peer1", steps=1.0, operators=1.0, parsed=1.0),
+        **block("peer2", present=1.0, agrees=0.0, in_plurality=0.0, self_confidence=0.125),
+        **block("peer2", judge_confidence=0.375, steps=3 / 20, operators=5 / 40, parsed=0.0),
+        # peer3: no fifth agent, all zeros (present = 0).
+    }
+    np.testing.assert_allclose(obs["agent_0"], expected(agent0), atol=1e-7)
+
+    # Agent 3 (unparsed): agrees with nobody, not in the plurality; its peers are agents
+    # 0, 1, 2 in that order, of which 0 and 2 hold the team answer.
+    agent3 = {
+        **block("own", support=0.0, distinct=0.5, in_plurality=0.0, round=0.0),
+        **block("own", self_confidence=0.125, judge_confidence=0.375, steps=3 / 20),
+        **block("own", operators=5 / 40, parsed=0.0),
+        "summary.peer_agree": 0.0,
+        "summary.peer_self_confidence_mean": (0.75 + 0.5 + 0.25) / 3,
+        "summary.peer_self_confidence_max": 0.75,
+        "summary.peer_judge_confidence_mean": (0.25 + 0.5 + 0.75) / 3,
+        "summary.peer_judge_confidence_max": 0.75,
+        "summary.num_agents": 4 / 5,
+        **block("peer0", present=1.0, in_plurality=1.0, self_confidence=0.75),
+        **block("peer0", judge_confidence=0.25, steps=3 / 20, operators=5 / 40, parsed=1.0),
+        **block("peer1", present=1.0, in_plurality=0.0, self_confidence=0.5),
+        **block("peer1", judge_confidence=0.5, steps=10 / 20, operators=20 / 40, parsed=1.0),
+        **block("peer2", present=1.0, in_plurality=1.0, self_confidence=0.25),
+        **block("peer2", judge_confidence=0.75, logprob_confidence=0.5, has_logprob=1.0),
+        **block("peer2", steps=1.0, operators=1.0, parsed=1.0),
+    }
+    np.testing.assert_allclose(obs["agent_3"], expected(agent3), atol=1e-7)
+
+
+def test_observation_after_a_round_by_hand(env):
+    env.reset(seed=0)
+    obs, _, _, _, infos = env.step({"agent_0": P, "agent_1": F, "agent_2": P, "agent_3": C})
+    # Agent 1 refines W1 -> R; agent 3 concedes: its peers hold R twice (a0 .75, a2 .25)
+    # and W1 once, so it copies agent 0's solution. Everyone holds R now.
+    assert [infos[a]["answer"] for a in env.possible_agents] == ["42"] * 4
+    agent0 = {
+        **block("own", support=1.0, distinct=0.25, in_plurality=1.0, round=0.5),
+        **block("own", self_confidence=0.75, judge_confidence=0.25, steps=3 / 20),
+        **block("own", operators=5 / 40, parsed=1.0, changed=0.0, last_persist=1.0),
+        "summary.peer_agree": 1.0,
+        "summary.peer_self_confidence_mean": (0.625 + 0.25 + 0.75) / 3,
+        "summary.peer_self_confidence_max": 0.75,
+        "summary.peer_judge_confidence_mean": (0.5 + 0.75 + 0.25) / 3,
+        "summary.peer_judge_confidence_max": 0.75,
+        "summary.peer_changed": 2 / 3,  # agents 1 and 3
+        "summary.peer_last_persist": 1 / 3,
+        "summary.peer_last_refine": 1 / 3,
+        "summary.peer_last_concede": 1 / 3,
+        "summary.num_agents": 4 / 5,
+        **block("peer0", present=1.0, agrees=1.0, in_plurality=1.0, self_confidence=0.625),
+        **block("peer0", judge_confidence=0.5, steps=4 / 20, operators=6 / 40, parsed=1.0),
+        **block("peer0", changed=1.0, last_refine=1.0),
+        **block("peer1", present=1.0, agrees=1.0, in_plurality=1.0, self_confidence=0.25),
+        **block("peer1", judge_confidence=0.75, logprob_confidence=0.5, has_logprob=1.0),
+        **block("peer1", steps=1.0, operators=1.0, parsed=1.0, last_persist=1.0),
+        **block("peer2", present=1.0, agrees=1.0, in_plurality=1.0, self_confidence=0.75),
+        **block("peer2", judge_confidence=0.25, steps=3 / 20, operators=5 / 40, parsed=1.0),
+        **block("peer2", changed=1.0, last_concede=1.0),
+    }
+    np.testing.assert_allclose(obs["agent_0"], expected(agent0), atol=1e-7)
+
+
+def test_state_stacks_own_blocks_with_a_presence_flag(env):
+    obs, _ = env.reset(seed=0)
+    state = env.state().reshape(5, -1)
+    for k, agent in enumerate(env.possible_agents):
+        assert state[k, 0] == 1.0
+        np.testing.assert_array_equal(state[k, 1:], obs[agent][LAYOUT.own])
+    np.testing.assert_array_equal(state[4], 0.0)
+
+
+def test_dict_mode_carries_the_same_observation_and_the_mask():
+    flat = deliberation_env.parallel_env(
+        num_agents=3, backend=ScriptedBackend([Say(X), Say(X), Say(R)]), tasks=TASKS
+    )
+    nested = deliberation_env.parallel_env(
+        num_agents=3,
+        backend=ScriptedBackend([Say(X), Say(X), Say(R)]),
+        tasks=TASKS,
+        obs_mode="dict",
+    )
+    a, _ = flat.reset(seed=0)
+    b, infos = nested.reset(seed=0)
+    for agent in flat.possible_agents:
+        np.testing.assert_array_equal(b[agent]["observation"], a[agent])
+        np.testing.assert_array_equal(b[agent]["action_mask"], infos[agent]["action_mask"])
+        assert b[agent]["action_mask"].dtype == np.int8
+    # Agent 2's peers are both unparsed: nothing to concede to.
+    assert b["agent_2"]["action_mask"].tolist() == [1, 1, 0]
