@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-all bench lint format clean
+.PHONY: run demo test test-all bench lint format clean
+
+demo: $(BIN)/activate
+	$(BIN)/deliberate demo
 
 $(BIN)/activate: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +19,7 @@ $(BIN)/activate: pyproject.toml
 	touch $(BIN)/activate
 
 run: $(BIN)/activate
-	$(BIN)/deliberate demo
+	$(BIN)/deliberate compare --preset quick --out runs/compare
 
 test: $(BIN)/activate
 	$(BIN)/python -m pytest -n 2 -q

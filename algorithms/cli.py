@@ -157,7 +157,8 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
     print(json.dumps({"algo": args.algo, "seconds": round(seconds, 1), "agent_steps_per_second":
                       round(steps / seconds) if steps else None, "last": summary}, indent=2))  # fmt: skip
     if getattr(cfg, "out", None):
-        print(f"policy written to {Path(cfg.out) / 'policy.pt'}")
+        written = sorted(Path(cfg.out).glob("policy.*"))
+        print("policy written to " + ", ".join(map(str, written)))
     return 0
 
 

@@ -169,10 +169,11 @@ def policy_gradient_update(
     with torch.no_grad():
         ref_logits = ref(obs, masks)
     Q = B // roll.group_size
-    rng = np.random.default_rng(cfg.seed + len(roll.obs))
     log: dict[str, list[float]] = {}
     for _ in range(cfg.epochs):
-        for questions in np.array_split(rng.permutation(Q), min(cfg.minibatches, Q)):
+        # torch's global generator: seeded by make_policy and saved in checkpoints.
+        order = torch.randperm(Q).numpy()
+        for questions in np.array_split(order, min(cfg.minibatches, Q)):
             idx = torch.as_tensor(rows_of(roll, questions))
             logits = policy(obs[idx], masks[idx])
             dist = torch.distributions.Categorical(logits=logits)

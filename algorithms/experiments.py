@@ -60,7 +60,9 @@ def method_config(name: str, preset: Preset, base: dict[str, Any]) -> Any:
     elif name == "ppo":
         values.update(questions_per_update=batch, group_size=1)
     elif name == "sb3_ppo":
-        values["total_timesteps"] = preset.updates * batch * base.get("max_rounds", 3)
+        # SB3 counts one timestep per agent and round.
+        rounds, agents = base.get("max_rounds", 3), base.get("num_agents", 3)
+        values["total_timesteps"] = preset.updates * batch * rounds * agents
     return configure(cls, **values)
 
 

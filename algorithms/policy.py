@@ -53,7 +53,7 @@ class PolicyConfig:
     value_head: bool = False
     """Add a value head (PPO)."""
     critic_state_size: int = 0
-    """If > 0, the value head reads the global state (MAPPO's centralised critic)."""
+    """If > 0, the value head also reads the global state (MAPPO's centralised critic)."""
 
 
 class _Trunk(nn.Module):
@@ -77,7 +77,9 @@ class _Trunk(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
         self.value = None
         if cfg.value_head:
-            inp = cfg.critic_state_size or 2 * h
+            # MAPPO's agent-specific global state (Yu et al. 2022): the global state plus
+            # this agent's own features, so agents of one env get their own values.
+            inp = cfg.critic_state_size + 2 * h
             self.value = nn.Sequential(nn.Linear(inp, h), nn.Tanh(), nn.Linear(h, 1))
 
     def features(self, obs: torch.Tensor, agent_embedding: torch.Tensor | None) -> torch.Tensor:
@@ -149,8 +151,11 @@ class MetaPolicy(nn.Module):
         out = []
         for idx, trunk, f in self._per_agent(obs):
             if self.config.critic_state_size:
-                inp = state[..., None, :].expand(*obs.shape[:-1], state.shape[-1])
-                inp = inp if idx == slice(None) else inp[..., idx, :]
+                if state is None:
+                    raise ValueError("this critic is centralised: pass the global state")
+                glob = state[..., None, :].expand(*obs.shape[:-2], obs.shape[-2], state.shape[-1])
+                glob = glob if idx == slice(None) else glob[..., idx, :]
+                inp = torch.cat([glob, f], dim=-1)
             else:
                 inp = f
             out.append(trunk.value(inp)[..., 0])

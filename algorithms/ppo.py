@@ -40,6 +40,11 @@ class PPOConfig(TrainConfig):
     group_size: int = 1
     """PPO needs no groups: the value head is the baseline. (G > 1 replays a question's
     initial answers G times; the rollouts are then still treated independently.)"""
+    epochs: int = 4
+    """Passes over each batch (CleanRL's ``update_epochs``)."""
+    minibatches: int = 4
+    """Minibatches per epoch, drawn over the active (round, env) rows, each row with its N
+    agents (CleanRL's ``num_minibatches``)."""
     beta: float = 0.0
     """Weight of KL(pi || pi_ref); 0 in plain PPO (the clipping is the trust region).
     Set it > 0 to anchor PPO to an SFT policy as in the two-stage pipeline."""

@@ -18,6 +18,7 @@ Timesteps are SB3's: one per agent per round (agent-steps), as ``agent_steps`` e
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,12 @@ from typing import Any
 
 import numpy as np
 import supersuit as ss
+import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+from tqdm.auto import tqdm
 
 import deliberation_env
 from algorithms.common import split_tasks
@@ -120,6 +123,10 @@ class SB3Config:
     seed: int = 0
     """Seeds SB3 (torch, numpy, random) and the envs (through `SeededVecEnv`)."""
     device: str = "cpu"
+    torch_threads: int = 1
+    """CPU threads for torch (as `TrainConfig.torch_threads`: the MLP is tiny)."""
+    out: str | None = None
+    """Directory for ``policy.zip`` (load it with `SB3Policy.load`) and ``metrics.jsonl``."""
 
     def env_config(self) -> dict[str, Any]:
         return {
@@ -131,17 +138,21 @@ class SB3Config:
 
 
 class TeamAccuracyCallback(BaseCallback):
-    """Appends ``{"step", "team_accuracy", "episodes"}`` to `history` after each rollout,
-    from ``infos[i]["team_correct"]`` of the episodes that ended in it. SuperSuit keeps the
+    """Appends ``{"step", "agent_steps", "team_accuracy", "episodes"}`` to `history` after
+    each rollout (``step``: agent-steps so far; ``agent_steps``: in this rollout), from ``infos[i]["team_correct"]`` of the episodes that ended in it. SuperSuit keeps the
     final step's infos when it auto-resets (merged with the new episode's, which carry no
     ``team_correct``); every agent slot of an env reports its episode, so the mean over
     slots weighs episodes equally."""
 
-    def __init__(self, history: list[dict[str, Any]], num_agents: int) -> None:
+    def __init__(
+        self, history: list[dict[str, Any]], num_agents: int, progress: tqdm | None = None
+    ) -> None:
         super().__init__()
         self.history = history
         self.num_agents = num_agents
+        self.progress = progress
         self._correct: list[bool] = []
+        self._last_step = 0
 
     def _on_step(self) -> bool:
         for done, info in zip(self.locals["dones"], self.locals["infos"]):
@@ -150,24 +161,32 @@ class TeamAccuracyCallback(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
+        steps = int(self.num_timesteps) - self._last_step
+        self._last_step = int(self.num_timesteps)
         if self._correct:
             self.history.append(
                 {
-                    "step": int(self.num_timesteps),
+                    "step": self._last_step,
+                    "agent_steps": steps,
                     "team_accuracy": float(np.mean(self._correct)),
                     "episodes": len(self._correct) // self.num_agents,
                 }
             )
+            if self.progress is not None:
+                self.progress.set_postfix(acc=f"{self.history[-1]['team_accuracy']:.3f}")
+        if self.progress is not None:
+            self.progress.update(steps)
         self._correct = []
 
 
 def train_sb3(
-    cfg: SB3Config | None = None, out: str | Path | None = None
-) -> tuple[PPO, list[dict[str, Any]]]:
+    cfg: SB3Config | None = None, progress: bool = True
+) -> tuple[SB3Policy, list[dict[str, Any]]]:
     """Train SB3's PPO (``MlpPolicy``, shared by all agents) on the training questions.
-    Returns the model and its learning curve, one row per rollout; saves ``model.zip`` to
-    `out` when given."""
+    Returns the trained model as a `Policy` (``.model`` is the SB3 model) and the learning
+    curve, one row per rollout; writes both to ``cfg.out`` when set."""
     cfg = cfg or SB3Config()
+    torch.set_num_threads(cfg.torch_threads)
     train_tasks, _ = split_tasks(cfg)
     env = make_vec_env(cfg.num_envs, tasks=train_tasks, **cfg.env_config())
     model = PPO(
@@ -186,12 +205,18 @@ def train_sb3(
         verbose=0,
     )
     history: list[dict[str, Any]] = []
-    model.learn(cfg.total_timesteps, callback=TeamAccuracyCallback(history, cfg.num_agents))
+    with tqdm(total=cfg.total_timesteps, desc="sb3_ppo", disable=not progress, leave=False) as bar:
+        model.learn(
+            cfg.total_timesteps, callback=TeamAccuracyCallback(history, cfg.num_agents, bar)
+        )
     env.close()
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        model.save(Path(out) / "model.zip")
-    return model, history
+    if cfg.out is not None:
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save(out / "policy.zip")
+        with open(out / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in history)
+    return SB3Policy(model), history
 
 
 class SB3Policy:

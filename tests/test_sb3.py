@@ -14,15 +14,6 @@ from algorithms.sb3 import SB3Config, SB3Policy, make_vec_env, train_sb3
 from deliberation_env.observation import ObservationLayout
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: extra threads only contend with the other test worker."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small(seed: int = 0) -> SB3Config:
     # 4 envs x 3 agents x 32 rounds = 384 agent-steps per rollout, 8 rollouts.
     return SB3Config(
@@ -32,8 +23,7 @@ def small(seed: int = 0) -> SB3Config:
 
 @pytest.fixture(scope="module")
 def two_runs():
-    torch.set_num_threads(1)
-    return train_sb3(small(seed=3)), train_sb3(small(seed=3))
+    return train_sb3(small(seed=3), progress=False), train_sb3(small(seed=3), progress=False)
 
 
 def test_make_vec_env_is_seeded():
@@ -53,23 +43,23 @@ def test_make_vec_env_is_seeded():
 
 
 def test_seeded_training_is_deterministic(two_runs):
-    (m1, h1), (m2, h2) = two_runs
+    (a, h1), (b, h2) = two_runs
     assert h1 == h2
     assert len(h1) == 8 and h1[-1]["step"] == 3072
+    assert [r["agent_steps"] for r in h1] == [384] * 8
     assert all(0.0 <= r["team_accuracy"] <= 1.0 and r["episodes"] > 0 for r in h1)
-    p1, p2 = m1.policy.state_dict(), m2.policy.state_dict()
+    p1, p2 = a.model.policy.state_dict(), b.model.policy.state_dict()
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
 
 
 def test_another_seed_gives_another_run(two_runs):
     (_, h1), _ = two_runs
-    _, h = train_sb3(small(seed=4))
+    _, h = train_sb3(small(seed=4), progress=False)
     assert h != h1
 
 
 def test_sb3_policy_acts_and_respects_masks(two_runs):
-    (model, _), _ = two_runs
-    policy = SB3Policy(model)
+    (policy, _), _ = two_runs
     rng = np.random.default_rng(0)
     obs = rng.random((5, 3, ObservationLayout(4).size), dtype=np.float32)
     mask = np.ones((5, 3, 3), np.int8)
@@ -82,21 +72,32 @@ def test_sb3_policy_acts_and_respects_masks(two_runs):
 
 
 def test_sb3_policy_runs_in_the_evaluation_harness(two_runs):
-    (model, _), _ = two_runs
+    (policy, _), _ = two_runs
     cfg = small()
     _, eval_tasks = split_tasks(cfg)
-    (run,) = evaluate(SB3Policy(model), cfg.env_config(), eval_tasks, seeds=(0,), episodes=64)
+    (run,) = evaluate(policy, cfg.env_config(), eval_tasks, seeds=(0,), episodes=64)
     assert 0.0 <= run["team_accuracy"] <= 1.0
+
+
+def test_out_writes_a_loadable_policy(tmp_path):
+    cfg = SB3Config(profile="toy", num_envs=2, n_steps=8, batch_size=48, total_timesteps=48)
+    cfg.out = str(tmp_path)
+    policy, history = train_sb3(cfg, progress=False)
+    loaded = SB3Policy.load(tmp_path / "policy.zip")
+    obs = np.random.default_rng(0).random((4, 3, ObservationLayout(4).size), dtype=np.float32)
+    mask = np.ones((4, 3, 3), np.int8)
+    np.testing.assert_array_equal(loaded.act(obs, mask, True), policy.act(obs, mask, True))
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == len(history)
 
 
 @pytest.mark.slow
 def test_sb3_beats_random_on_toy():
     cfg = SB3Config(profile="toy", total_timesteps=20_000, seed=0)
-    model, history = train_sb3(cfg)
+    policy, _ = train_sb3(cfg, progress=False)
     _, eval_tasks = split_tasks(cfg)
 
     def accuracy(policy):
         runs = evaluate(policy, cfg.env_config(), eval_tasks, seeds=(0,), episodes=2000)
         return runs[0]["team_accuracy"]
 
-    assert accuracy(SB3Policy(model)) > accuracy(make_protocol("random")) + 0.03
+    assert accuracy(policy) > accuracy(make_protocol("random")) + 0.03
