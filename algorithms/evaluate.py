@@ -376,13 +376,19 @@ def plot_accuracy_vs_tokens(results: Mapping[str, Any], path: Path | str) -> Pat
 def plot_learning_curves(
     curves: Mapping[str, Sequence[Mapping[str, float]]], path: Path | str
 ) -> Path:
-    """Team accuracy against training step, one line per algorithm."""
+    """Team accuracy of the training rollouts against agent steps, one line per algorithm
+    (a moving average over `window` points: one batch of questions is noisy)."""
+    window = 5
     fig, ax = _figure(6.5, 4.5)
     for name, points in curves.items():
-        steps = [p["step"] for p in points]
-        ax.plot(steps, [p["team_accuracy"] for p in points], marker=".", label=name)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("team accuracy (held-out)")
+        steps = np.array([p["step"] for p in points])
+        acc = np.array([p["team_accuracy"] for p in points])
+        if len(acc) >= window:
+            acc = np.convolve(acc, np.ones(window) / window, mode="valid")
+            steps = steps[window - 1 :]
+        ax.plot(steps, acc, label=name)
+    ax.set_xlabel("agent steps of training")
+    ax.set_ylabel(f"team accuracy, training rollouts (mean of {window})")
     ax.legend(fontsize="small")
     ax.set_title("Learning curves")
     fig.savefig(path, dpi=120)
