@@ -1,0 +1,122 @@
+"""Where is the headroom between the best protocols and the oracle?
+
+Splits questions by the agreement pattern of the initial answers (3 agents: unanimous,
+2-1, 1-1-1), and reports for each pattern its share of questions, the team accuracy of
+the plurality vote, of `refine_minority`, of a trained policy (optional) and of the
+oracle, the pattern's share of the total gap, and how well the observable signals tell a
+right answer from a wrong one there (AUROC of each confidence signal).
+
+    python benchmarks/headroom.py --profile llama3.1-8b/gsm8k [--policy runs/srpo/policy.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+
+from algorithms.heuristics import make_protocol
+from deliberation_env import VectorDeliberationEnv
+
+
+def play(policy, env: VectorDeliberationEnv, seed: int) -> tuple[np.ndarray, dict]:
+    """Final team correctness per env, and the initial state's arrays."""
+    obs, info = env.reset(seed=seed)
+    s = env.core.state
+    initial = {
+        k: getattr(s, k).copy()
+        for k in ("answer", "correct", "self_confidence", "judge_confidence", "logprob_confidence")
+    }
+    if hasattr(policy, "bind"):
+        policy.bind(env)
+    while env.active.any():
+        obs, _, _, _, info = env.step(policy.act(obs, info["action_mask"], deterministic=True))
+    return info["team_correct"].copy(), initial
+
+
+def patterns(answer: np.ndarray) -> np.ndarray:
+    """'3', '2-1', '1-1-1' (or 'unparsed' when an initial answer could not be parsed)."""
+    a = answer
+    same = (a[:, :, None] == a[:, None, :]).sum(-1)
+    out = np.where(same.max(1) == 3, "3", np.where(same.max(1) == 2, "2-1", "1-1-1")).astype(object)
+    out[(a < 0).any(1)] = "unparsed"
+    return out
+
+
+def auroc(score: np.ndarray, label: np.ndarray) -> float:
+    pos, neg = score[label], score[~label]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    return float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="llama3.1-8b/gsm8k")
+    parser.add_argument("--episodes", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", help="a trained policy.pt to place beside the protocols")
+    parser.add_argument("--out", default="runs/bench/headroom.json")
+    args = parser.parse_args()
+
+    env = VectorDeliberationEnv(
+        args.episodes, autoreset=False, profile=args.profile, tasks="arithmetic:5000"
+    )
+    methods = {
+        "vote": make_protocol("always_persist"),
+        "refine_minority": make_protocol("refine_minority"),
+    }
+    if args.policy:
+        from algorithms.policy import MetaPolicy
+
+        methods["policy"] = MetaPolicy.load(args.policy)
+    methods["oracle"] = make_protocol("oracle")
+    finals, initial = {}, None
+    for name, policy in methods.items():
+        finals[name], initial = play(policy, env, args.seed)
+    pat = patterns(initial["answer"])
+    gap_total = finals["oracle"].mean() - finals["vote"].mean()
+    rows = []
+    for p in ("3", "2-1", "1-1-1", "unparsed"):
+        sel = pat == p
+        if not sel.any():
+            continue
+        row = {"pattern": p, "share": float(sel.mean())}
+        row.update({name: float(f[sel].mean()) for name, f in finals.items()})
+        row["share_of_gap"] = float(
+            (finals["oracle"][sel].sum() - finals["vote"][sel].sum())
+            / max(1e-9, gap_total * len(pat))
+        )
+        # Within the pattern: does each signal separate right from wrong agents?
+        right = initial["correct"][sel].ravel()
+        for sig in ("self_confidence", "judge_confidence", "logprob_confidence"):
+            row[f"auroc_{sig}"] = auroc(initial[sig][sel].ravel(), right)
+        rows.append(row)
+
+    names = list(methods)
+    print(
+        f"Headroom on {args.profile} ({args.episodes} questions, seed {args.seed}); "
+        f"overall: " + ", ".join(f"{n} {finals[n].mean():.3f}" for n in names) + "\n"
+    )
+    print(
+        "| pattern | share | "
+        + " | ".join(names)
+        + " | share of gap | AUROC self / judge / logprob |"
+    )
+    print("|---" * (len(names) + 4) + "|")
+    for r in rows:
+        cells = " | ".join(f"{r[n]:.3f}" for n in names)
+        aur = " / ".join(
+            f"{r[f'auroc_{s}']:.2f}"
+            for s in ("self_confidence", "judge_confidence", "logprob_confidence")
+        )
+        print(f"| {r['pattern']} | {r['share']:.3f} | {cells} | {r['share_of_gap']:.2f} | {aur} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"profile": args.profile, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
