@@ -29,8 +29,8 @@ AdvantageFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
-class TrainConfig:
-    """Training of a meta-policy with grouped rollouts (fields shared by every method)."""
+class EnvSetup:
+    """The deliberation env a method trains on (fields shared by every training config)."""
 
     profile: str = "llama3.1-8b/gsm8k"
     """Simulated backend profile (DESIGN section 5)."""
@@ -44,6 +44,23 @@ class TrainConfig:
     """T (paper: 3)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Other `EnvConfig` fields (reward, token_cost, ...)."""
+
+    def env(self, tasks: list, num_envs: int) -> VectorDeliberationEnv:
+        return VectorDeliberationEnv(num_envs, autoreset=False, tasks=tasks, **self.env_config())
+
+    def env_config(self) -> dict[str, Any]:
+        return {
+            "num_agents": self.num_agents,
+            "max_rounds": self.max_rounds,
+            "profile": self.profile,
+            **self.env_kwargs,
+        }
+
+
+@dataclass
+class TrainConfig(EnvSetup):
+    """Training of a meta-policy with grouped rollouts (fields shared by every method)."""
+
     questions_per_update: int = 64
     """Q, questions per update."""
     group_size: int = 8
@@ -79,27 +96,8 @@ class TrainConfig:
     out: str | None = None
     """Directory for metrics.jsonl, checkpoint.pt and policy.pt."""
 
-    def env(self, tasks: list, num_envs: int) -> VectorDeliberationEnv:
-        return VectorDeliberationEnv(
-            num_envs,
-            autoreset=False,
-            num_agents=self.num_agents,
-            max_rounds=self.max_rounds,
-            profile=self.profile,
-            tasks=tasks,
-            **self.env_kwargs,
-        )
 
-    def env_config(self) -> dict[str, Any]:
-        return {
-            "num_agents": self.num_agents,
-            "max_rounds": self.max_rounds,
-            "profile": self.profile,
-            **self.env_kwargs,
-        }
-
-
-def split_tasks(cfg: TrainConfig) -> tuple[list, list]:
+def split_tasks(cfg: EnvSetup) -> tuple[list, list]:
     from algorithms.evaluate import train_eval_split
 
     return train_eval_split(load_tasks(cfg.tasks), cfg.eval_fraction, seed=0)
@@ -186,20 +184,34 @@ def policy_gradient_update(
             kl = kl_to_reference(logits, ref_logits[idx])
             entropy = dist.entropy().mean()
             loss = pg + cfg.beta * kl - cfg.entropy_coef * entropy
-            optimizer.zero_grad()
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            stats.update(
-                loss=loss.item(),
-                pg_loss=pg.item(),
-                kl=kl.item(),
-                entropy=entropy.item(),
-                grad_norm=grad_norm.item(),
+            grad_norm = optimise(policy, optimizer, loss, cfg.max_grad_norm)
+            log_stats(
+                log, stats, loss=loss, pg_loss=pg, kl=kl, entropy=entropy, grad_norm=grad_norm
             )
-            for k, v in stats.items():
-                log.setdefault(k, []).append(v)
     return {k: float(np.mean(v)) for k, v in log.items()}
+
+
+def optimise(
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    max_grad_norm: float,
+) -> torch.Tensor:
+    """One gradient step with the gradient norm clipped; returns the norm before clipping."""
+    optimizer.zero_grad()
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return grad_norm
+
+
+def log_stats(
+    log: dict[str, list[float]], *parts: dict[str, float], **tensors: torch.Tensor
+) -> None:
+    """Append diagnostics (floats, or scalar tensors) to per-name lists."""
+    for part in (*parts, tensors):
+        for k, v in part.items():
+            log.setdefault(k, []).append(v.item() if isinstance(v, torch.Tensor) else float(v))
 
 
 # ---------------------------------------------------------------------- training loop

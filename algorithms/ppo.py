@@ -23,7 +23,9 @@ from algorithms.common import (
     Trainer,
     clipped_surrogate,
     kl_to_reference,
+    log_stats,
     make_policy,
+    optimise,
 )
 from algorithms.policy import MetaPolicy
 from algorithms.rollout import Rollout
@@ -171,20 +173,17 @@ def update(
             kl = kl_to_reference(logits, ref_logits[idx]) if cfg.beta else torch.zeros(())
             loss = pg - cfg.entropy_coef * entropy + cfg.vf_coef * v_loss + cfg.beta * kl
 
-            optimizer.zero_grad()
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            stats.update(
-                loss=loss.item(),
-                pg_loss=pg.item(),
-                value_loss=v_loss.item(),
-                entropy=entropy.item(),
-                kl=kl.item(),
-                grad_norm=grad_norm.item(),
+            grad_norm = optimise(policy, optimizer, loss, cfg.max_grad_norm)
+            log_stats(
+                log,
+                stats,
+                loss=loss,
+                pg_loss=pg,
+                value_loss=v_loss,
+                entropy=entropy,
+                kl=kl,
+                grad_norm=grad_norm,
             )
-            for k, val in stats.items():
-                log.setdefault(k, []).append(val)
     live = roll.active[..., None].repeat(N, -1)
     return {
         **{k: float(np.mean(v)) for k, v in log.items()},

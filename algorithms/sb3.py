@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -35,7 +35,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvS
 from tqdm.auto import tqdm
 
 import deliberation_env
-from algorithms.common import split_tasks
+from algorithms.common import EnvSetup, split_tasks
 from deliberation_env.core import Action
 
 
@@ -88,19 +88,9 @@ def make_vec_env(num_envs: int, seed: int | None = None, **env_kwargs: Any) -> S
 
 
 @dataclass
-class SB3Config:
-    """SB3 PPO on the deliberation env. Env fields mean what they do in `TrainConfig`."""
+class SB3Config(EnvSetup):
+    """SB3 PPO on the deliberation env (the env fields of `EnvSetup` plus these)."""
 
-    profile: str = "llama3.1-8b/gsm8k"
-    """Simulated backend profile (DESIGN section 5)."""
-    tasks: str = "arithmetic:2000"
-    """Task source; trained on the same split as `TrainConfig` (`split_tasks`)."""
-    eval_fraction: float = 0.25
-    """Share of the tasks held out for evaluation, never trained on."""
-    num_agents: int = 3
-    max_rounds: int = 3
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Other `EnvConfig` fields (reward, token_cost, ...)."""
     num_envs: int = 8
     """Deliberation envs stepped together; SB3 sees ``num_envs * num_agents`` envs."""
     total_timesteps: int = 200_000
@@ -127,14 +117,6 @@ class SB3Config:
     """CPU threads for torch (as `TrainConfig.torch_threads`: the MLP is tiny)."""
     out: str | None = None
     """Directory for ``policy.zip`` (load it with `SB3Policy.load`) and ``metrics.jsonl``."""
-
-    def env_config(self) -> dict[str, Any]:
-        return {
-            "num_agents": self.num_agents,
-            "max_rounds": self.max_rounds,
-            "profile": self.profile,
-            **self.env_kwargs,
-        }
 
 
 class TeamAccuracyCallback(BaseCallback):
