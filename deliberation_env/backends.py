@@ -66,7 +66,18 @@ def make_backend(backend: Any, profile: str | None = None, **kwargs: Any) -> Bat
         try:
             inspect.signature(factory).bind(**kwargs)
         except TypeError as err:
-            accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+            params = inspect.signature(factory).parameters
+            accepted = [p for p in params if p != "self"]
+            required = [
+                n for n, p in params.items()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                and n not in kwargs
+            ]  # fmt: skip
+            if required:
+                raise ValueError(
+                    f"backend {backend!r} needs {', '.join(f'{n}=' for n in required)}: pass it "
+                    f"to the env, e.g. parallel_env(backend={backend!r}, {required[0]}=...)"
+                ) from None
             raise ValueError(
                 f"backend {backend!r} does not take {sorted(kwargs)} ({err}); it accepts "
                 f"{accepted}; env arguments are {sorted(EnvConfig.__dataclass_fields__)}"
@@ -124,11 +135,19 @@ class TextBackendAdapter:
         requests = []
         for b, a, t, s in zip(view.env, view.agent, view.task_index, seeds(view.keys)):
             peers = tuple(records[b, (a + k) % N] for k in range(1, N))
-            requests.append(RefineRequest(self.tasks[t], int(a), records[b, a], peers, int(s)))
+            round_ = int(view.state.round[b]) + 1
+            requests.append(
+                RefineRequest(self.tasks[t], int(a), records[b, a], peers, int(s), round_)
+            )
         return self._to_batch(self.backend.refine(requests), view.task_index)
 
     def answer_text(self, task_index: int, answer_id: int) -> str | None:
         return None if answer_id == UNPARSED else self._answers[answer_id]
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
 
     def _answer_id(self, task_index: int, answer: str | None) -> tuple[int, bool]:
         from deliberation_env.tasks import normalize_answer, verify

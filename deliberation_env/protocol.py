@@ -64,6 +64,8 @@ class RefineRequest:
     own: Solution
     peers: tuple[Solution, ...]
     seed: int
+    round: int = 1
+    """The deliberation round this revision is for (1 = the first after the initial answers)."""
 
 
 @runtime_checkable
