@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import expit, logit, ndtri
@@ -55,6 +56,20 @@ class SimulatedBackend:
 
     def __repr__(self) -> str:
         return f"SimulatedBackend(profile={self.profile.name!r}, seed={self.seed})"
+
+    @classmethod
+    def fit(
+        cls,
+        records: Any,
+        base: str | SimProfile = "llama3.1-8b/gsm8k",
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> SimulatedBackend:
+        """A simulator calibrated on recorded real runs (`agents.fit.fit_profile`, which
+        documents the record schema and takes `name`, `prior_strength`, `tasks`)."""
+        from agents.fit import fit_profile
+
+        return cls(fit_profile(records, base=base, **kwargs), seed=seed)
 
     # ------------------------------------------------------------------ BatchBackend
     def bind(self, tasks: Sequence[Task], num_agents: int) -> None:

@@ -5,6 +5,7 @@
     deliberate eval --policy runs/srpo/policy.pt --seeds 0 1 2
     deliberate eval --protocol debate --seeds 0 1 2
     deliberate compare --preset quick --out runs/compare  (the main job; `make run`)
+    deliberate reproduce main-table --out runs/reproduce/main-table [--budget full]
 
 `train` takes every field of the algorithm's config dataclass as an option
 (``--group-size 16``, ``--tau 0.6``...); ``deliberate train --algo NAME --help`` lists them.
@@ -208,6 +209,37 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- reproduce
+def _reproduce(args: argparse.Namespace) -> int:
+    from algorithms.reproduce import EXPERIMENTS, run_experiment, tasks_from_dir
+
+    names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    if args.experiment != "all" and args.experiment not in EXPERIMENTS:
+        raise SystemExit(
+            f"unknown experiment {args.experiment!r}; valid: {', '.join(EXPERIMENTS)}, all"
+        )
+    backbone, _, benchmark = args.profile.partition("/")
+    tasks = tasks_from_dir(args.tasks_dir) if args.tasks_dir else {}
+    for spec in args.tasks or []:
+        if "=" in spec:  # BENCHMARK=SPEC, any load_tasks spec
+            bench, _, spec = spec.partition("=")
+        else:  # BENCHMARK:PATH, read by the loader of that name
+            bench, sep, _ = spec.partition(":")
+            if not sep:
+                raise SystemExit(f"--tasks {spec!r}: write BENCHMARK:PATH or BENCHMARK=SPEC")
+        tasks[bench] = spec
+    setup = {"backbone": backbone, "benchmark": benchmark or args.benchmark, "tasks": tasks,
+             "backend": args.backend, "backend_kwargs": json.loads(args.backend_kwargs),
+             "env_kwargs": json.loads(args.env_kwargs), "episodes": args.episodes}  # fmt: skip
+    for name in names:
+        out = Path(args.out or "runs/reproduce") / name if len(names) > 1 else args.out
+        results = run_experiment(name, out, args.budget, **setup)
+        where = out or f"runs/reproduce/{name}"
+        print(f"\n{name} ({results['wall_seconds']:.0f} s): {results.get('headline', '')}")
+        print(f"written: {where}/" + ", ".join(results["files"]))
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -255,6 +287,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", nargs="+", help="learned methods to train (default: the preset's)"
     )
     cmp.set_defaults(func=_compare)
+
+    rep = sub.add_parser(
+        "reproduce", help="the paper's experiments on the simulator (docs/reproduction.md)"
+    )
+    rep.add_argument(
+        "experiment", help="main-table, backbones, reward-scale, tau-sweep, rounds-agents, "
+        "action-shift, tokens, or all",
+    )  # fmt: skip
+    rep.add_argument("--out", default=None, help="output folder (default runs/reproduce/NAME)")
+    rep.add_argument("--budget", default="quick", help="quick (minutes) or full (paper's seeds)")
+    rep.add_argument("--profile", default="llama3.1-8b", help="BACKBONE, or BACKBONE/BENCHMARK")
+    rep.add_argument("--benchmark", default="gsm8k", help="benchmark of one-profile experiments")
+    rep.add_argument(
+        "--backend", default="simulated",
+        help="backend that evaluates (training stays on the simulator), e.g. openai or hf",
+    )  # fmt: skip
+    rep.add_argument("--backend-kwargs", default="{}", help='JSON, e.g. \'{"model": "..."}\'')
+    rep.add_argument("--env-kwargs", default="{}", help="JSON of other EnvConfig fields")
+    rep.add_argument("--tasks-dir", default=None, help="data folder laid out as ../shared/data")
+    rep.add_argument(
+        "--tasks",
+        nargs="+",
+        help="BENCHMARK:PATH or BENCHMARK=SPEC (default: arithmetic:2000 for every benchmark)",
+    )
+    rep.add_argument("--episodes", type=int, default=None, help="evaluation questions per seed")
+    rep.set_defaults(func=_reproduce)
     return parser
 
 

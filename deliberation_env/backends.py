@@ -162,7 +162,11 @@ class TextBackendAdapter:
         aid = self._ids[norm]
         key = (task_index, aid)
         if key not in self._correct:
-            self._correct[key] = bool(verify(task, norm))
+            try:
+                self._correct[key] = bool(verify(task, norm))
+            except NotImplementedError:
+                # Code answers cannot be executed yet: never count an unchecked answer right.
+                self._correct[key] = False
         return aid, self._correct[key]
 
     def _to_batch(self, solutions: list[Solution], task_index: np.ndarray) -> SolutionBatch:

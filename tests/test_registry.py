@@ -1,0 +1,183 @@
+"""A newly registered algorithm reaches `run_compare` and `deliberate train` with no other
+change (docs/new_algorithm.md), and the page's worked example runs as written."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from algorithms.cli import main
+from algorithms.common import TrainConfig, Trainer, grouped_advantages, policy_gradient_update
+from algorithms.experiments import PRESETS, Preset, run_compare
+from algorithms.heuristics import PROTOCOLS
+from algorithms.registry import ALGORITHMS, get_algorithm, register_algorithm
+from deliberation_env import load_tasks
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "new_algorithm.md"
+
+TINY = Preset(
+    updates=2,
+    questions_per_update=4,
+    group_size=4,
+    sft_episodes=16,
+    sft_epochs=1,
+    eval_episodes=40,
+    seeds=(0,),
+    methods=("rloo_test",),
+)
+"""A budget of seconds; added to PRESETS only inside a test."""
+
+
+# ---------------------------------------------------------------------- the method
+@dataclass
+class RLOOTestConfig(TrainConfig):
+    """RLOO defined in the test module."""
+
+    use_clip: bool = True
+    """Clip the surrogate (False: plain policy gradient)."""
+
+
+def rloo_advantages(rewards: Any) -> np.ndarray:
+    """Leave-one-out baseline over the last (group) axis."""
+    r = np.asarray(rewards, dtype=np.float64)
+    G = r.shape[-1]
+    return r - (r.sum(-1, keepdims=True) - r) / (G - 1)
+
+
+def update(policy, ref, optimizer, roll, cfg: RLOOTestConfig) -> dict[str, float]:
+    adv = grouped_advantages(roll, rloo_advantages)
+    clip = cfg.clip if cfg.use_clip else None
+    return policy_gradient_update(policy, ref, optimizer, roll, adv, cfg, clip=clip)
+
+
+def train(cfg=None, policy=None, ref=None, resume=False, progress=True):
+    trainer = Trainer("rloo_test", cfg or RLOOTestConfig(), update, policy, ref, progress)
+    if resume:
+        trainer.resume()
+    return trainer.run()
+
+
+@pytest.fixture
+def registry():
+    """Registers ``rloo_test`` from this module; restores the registry afterwards."""
+    saved = dict(ALGORITHMS)
+    register_algorithm(
+        "rloo_test", __name__, "RLOOTestConfig", description="RLOO (test): leave-one-out baseline"
+    )
+    yield ALGORITHMS
+    ALGORITHMS.clear()
+    ALGORITHMS.update(saved)
+
+
+# ---------------------------------------------------------------------- tests
+def test_rloo_advantages_by_hand() -> None:
+    # [0, 1, 1, 3]: baselines (1+1+3)/3, (0+1+3)/3, (0+1+3)/3, (0+1+1)/3
+    adv = rloo_advantages([0.0, 1.0, 1.0, 3.0])
+    np.testing.assert_allclose(adv, [-5 / 3, -1 / 3, -1 / 3, 7 / 3])
+    # leave-one-out = G / (G - 1) times the mean-centred reward: zero mean per group
+    r = np.random.default_rng(0).normal(size=(5, 3, 8))
+    np.testing.assert_allclose(rloo_advantages(r), 8 / 7 * (r - r.mean(-1, keepdims=True)))
+
+
+def test_registered_algorithm_is_loadable(registry) -> None:
+    cls, fn = get_algorithm("rloo_test").load()
+    assert cls is RLOOTestConfig and fn is train
+
+
+def test_registered_algorithm_appears_in_run_compare(
+    registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(PRESETS, "test_tiny", TINY)  # removed again after the test
+    results = run_compare(
+        preset="test_tiny",
+        out=tmp_path,
+        profile="toy",
+        tasks="arithmetic:200",
+        methods=("rloo_test",),
+        progress=False,
+    )
+    assert set(results["methods"]) == {"rloo_test", *PROTOCOLS}
+    assert results["methods"]["rloo_test"]["episodes"] == TINY.eval_episodes
+    table = (tmp_path / "results.md").read_text()
+    assert re.search(r"^\| rloo_test \| \d\.\d{3} ± ", table, re.MULTILINE), table
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert "rloo_test" in on_disk["methods"]
+    curves = json.loads((tmp_path / "learning_curves.json").read_text())
+    assert len(curves["rloo_test"]) == TINY.updates
+    assert (tmp_path / "learning_curves.png").exists()
+    assert (tmp_path / "rloo_test" / "policy.pt").exists()
+
+
+def test_registered_algorithm_in_train_help(registry, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--algo", "rloo_test", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "deliberate train --algo rloo_test" in out
+    assert "RLOO (test): leave-one-out baseline" in out
+    assert "--use-clip" in out and "Clip the surrogate" in out
+    assert "--group-size" in out  # the shared TrainConfig fields come along
+
+
+def test_registered_algorithm_trains_from_cli(registry, tmp_path: Path) -> None:
+    code = main(
+        ["train", "--algo", "rloo_test", "--updates", "1", "--questions-per-update", "4",
+         "--group-size", "4", "--profile", "toy", "--tasks", "arithmetic:100",
+         "--use-clip", "false", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "policy.pt").exists()
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and np.isfinite(json.loads(rows[0])["loss"])
+
+
+def test_registered_algorithm_in_reproduce_pipeline(registry) -> None:
+    """`algorithms.reproduce` loads learned methods through the registry: SFT, then ours."""
+    reproduce = pytest.importorskip("algorithms.reproduce")
+    setup = reproduce.Setup(budget=reproduce.BUDGETS["tiny"], progress=False)
+    policy, history = reproduce.train_rl(setup, "rloo_test", "toy", "arithmetic:200", seed=7)
+    assert len(history) == reproduce.BUDGETS["tiny"].updates
+    runs = reproduce.evaluate_runs(
+        setup, [policy], setup.eval_config("toy"), load_tasks("arithmetic:200")[:40]
+    )
+    assert len(runs) == len(setup.budget.eval_seeds)
+    assert all(0.0 <= r["team_accuracy"] <= 1.0 for r in runs)
+
+
+def test_unknown_algorithm_names_the_registered_ones() -> None:
+    with pytest.raises(ValueError, match="softrankpo"):
+        get_algorithm("no_such_algorithm")
+
+
+def test_doc_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RLOO module of docs/new_algorithm.md registers itself and trains."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
+    source = next(b for b in blocks if "class RLOOConfig" in b)
+    module = types.ModuleType("rloo_doc_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    saved = dict(ALGORITHMS)
+    try:
+        exec(compile(source, str(DOC), "exec"), module.__dict__)
+        cls, fn = get_algorithm("rloo").load()
+        assert cls is module.RLOOConfig
+        np.testing.assert_allclose(
+            module.rloo_advantages([0.0, 1.0, 1.0, 3.0]), [-5 / 3, -1 / 3, -1 / 3, 7 / 3]
+        )
+        with pytest.raises(ValueError, match="group_size >= 2"):
+            module.rloo_advantages([1.0])
+        cfg = cls(profile="toy", tasks="arithmetic:100", updates=2, questions_per_update=4,
+                  group_size=4)  # fmt: skip
+        policy, history = fn(cfg, progress=False)
+        assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+        assert history[-1]["agent_steps"] > 0 and "team_accuracy" in history[-1]
+    finally:
+        ALGORITHMS.clear()
+        ALGORITHMS.update(saved)
