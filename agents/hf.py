@@ -57,6 +57,7 @@ from transformers import (
     LogitsProcessorList,
 )
 
+from agents.cache import cached_batch, open_cache
 from agents.parsing import parse_answer_span, parse_judge, solution_from_text
 from agents.prompts import (
     MAX_SOLUTION_CHARS,
@@ -175,6 +176,7 @@ class HFBackend:
         judge_max_new_tokens: int = 128,
         max_solution_chars: int = MAX_SOLUTION_CHARS,
         trust_remote_code: bool = False,
+        cache: Any = None,
     ) -> None:
         for name, value in (
             ("max_new_tokens", max_new_tokens),
@@ -200,6 +202,7 @@ class HFBackend:
         self.judge_max_new_tokens = judge_max_new_tokens
         self.max_solution_chars = max_solution_chars
         self.trust_remote_code = trust_remote_code
+        self.cache = open_cache(cache)
         self._model: Any = None
         self._tokenizer: Any = None
         self._load()  # a wrong path or missing weights fail here, when the env is built
@@ -422,6 +425,34 @@ class HFBackend:
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         temp = self.temperature if temperature is None else temperature
         size = self.batch_size if batch_size is None else batch_size
+        if self.cache is not None:
+            # Only the misses are generated (in one batched pass); fresh and replayed
+            # completions both come back through JSON, so a replay is bit-identical.
+            fields = [
+                {"backend": "hf", "model": self.model_name, "prompt": p, "seed": int(seed),
+                 "max_new_tokens": max_new, "temperature": temp, "top_p": self.top_p}
+                for p, seed in zip(prompts, seeds)
+            ]  # fmt: skip
+            dicts = cached_batch(
+                self.cache,
+                fields,
+                lambda idx: [
+                    dataclasses.asdict(g)
+                    for g in self._generate_uncached(
+                        [prompts[i] for i in idx], [seeds[i] for i in idx], max_new, temp, size
+                    )
+                ],
+            )
+            return [
+                Generation(d["text"], tuple(d["token_ids"]), tuple(d["token_logprobs"]),
+                           d["prompt_tokens"], d["finished"])
+                for d in dicts
+            ]  # fmt: skip
+        return self._generate_uncached(prompts, seeds, max_new, temp, size)
+
+    def _generate_uncached(
+        self, prompts: Sequence[str], seeds: Sequence[int], max_new: int, temp: float, size: int
+    ) -> list[Generation]:
         encoded = self.tokenizer(list(prompts), add_special_tokens=not self._has_template)[
             "input_ids"
         ]

@@ -343,3 +343,34 @@ def test_answers_are_read_from_the_completion_only(tiny_model_dir, monkeypatch):
     echoed, own = backend.refine(requests)
     assert all("\\boxed{42}" in p for p in seen)
     assert echoed.answer is None and own.answer == "18"
+
+
+def _episode(model_dir, cache, seed=3):
+    env = deliberation_env.parallel_env(
+        backend="hf",
+        model=str(model_dir),
+        tasks="arithmetic:20",
+        max_rounds=2,
+        max_new_tokens=8,
+        temperature=0.7,
+        device="cpu",
+        cache=str(cache),
+    )
+    trace = [env.reset(seed=seed)]
+    while env.agents:
+        trace.append(env.step({a: int(Action.REFINE) for a in env.agents}))
+    return env, trace
+
+
+def test_cache_replays_an_episode_bit_identically_without_generating(tiny_model_dir, tmp_path):  # noqa: F811
+    from gymnasium.utils.env_checker import data_equivalence
+
+    path = tmp_path / "cache.sqlite"
+    first_env, first = _episode(tiny_model_dir, path)
+    recorded = first_env.core.backend.backend.cache.stats()
+    assert recorded["misses"] > 0 and recorded["hits"] == 0
+    replay_env, replay = _episode(tiny_model_dir, path)
+    stats = replay_env.core.backend.backend.cache.stats()
+    assert stats["misses"] == 0, stats  # no model call on the replay
+    assert stats["hits"] == recorded["misses"]
+    assert data_equivalence(first, replay)
