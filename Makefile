@@ -29,6 +29,9 @@ test-all: $(BIN)/activate
 
 bench: $(BIN)/activate
 	$(BIN)/python benchmarks/env_speed.py
+	$(BIN)/python benchmarks/llm_throughput.py
+	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/summary.py
 
 lint: $(BIN)/activate
 	$(BIN)/ruff check .

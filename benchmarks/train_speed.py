@@ -1,0 +1,58 @@
+"""Training throughput: agent-steps per second of each learned method on the simulated
+benchmark (collection and updates together), measured side by side in one run.
+
+    python benchmarks/train_speed.py [--updates 10] [--profile llama3.1-8b/gsm8k]
+
+Writes ``runs/bench/train_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from algorithms.experiments import PRESETS, method_config
+from algorithms.registry import get_algorithm
+
+OUT = Path(__file__).resolve().parents[1] / "runs" / "bench" / "train_speed.json"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--profile", default="llama3.1-8b/gsm8k")
+    parser.add_argument(
+        "--methods", nargs="+", default=["softrankpo", "grpo", "ppo", "reinforce", "sb3_ppo"]
+    )
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    preset = PRESETS["quick"]
+    preset = type(preset)(**{**preset.__dict__, "updates": args.updates})
+    rows = []
+    for name in args.methods:
+        cfg = method_config(name, preset, {"profile": args.profile})
+        _, train = get_algorithm(name).load()
+        start = time.perf_counter()
+        _, history = train(cfg, progress=False)
+        seconds = time.perf_counter() - start
+        steps = sum(h.get("agent_steps", 0) for h in history)
+        rows.append({"method": name, "agent_steps": steps, "seconds": seconds,
+                     "agent_steps_per_s": steps / seconds})  # fmt: skip
+    print("| method | agent steps | seconds | agent-steps/s |\n|---|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['method']} | {r['agent_steps']} | {r['seconds']:.1f} | {r['agent_steps_per_s']:,.0f} |"
+        )
+    report = {"config": {"updates": args.updates, "profile": args.profile}, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
