@@ -32,13 +32,28 @@ DEFAULT_PROFILE = deliberation_env.EnvConfig.profile
 
 
 # ---------------------------------------------------------------------- demo
+def backend_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Env arguments selecting the backend (``--backend hf --model PATH``, ...)."""
+    out: dict[str, Any] = {}
+    if args.backend != "simulated":
+        out["backend"] = args.backend
+    for name in ("model", "base_url", "cache", "max_concurrency", "max_new_tokens"):
+        if getattr(args, name, None) is not None:
+            out[name] = getattr(args, name)
+    if out and "backend" not in out:
+        raise SystemExit("--model/--base-url/--cache/... need --backend hf or --backend openai")
+    return out
+
+
 def _demo(args: argparse.Namespace) -> int:
+    real = backend_kwargs(args)
     env = deliberation_env.parallel_env(
         num_agents=args.num_agents,
         max_rounds=args.max_rounds,
         profile=args.profile,
         tasks=args.tasks,
         render_mode="ansi",
+        **real,
     )
     rng = np.random.default_rng(args.seed)
     obs, infos = env.reset(seed=args.seed)
@@ -47,6 +62,9 @@ def _demo(args: argparse.Namespace) -> int:
         obs, rewards, terms, truncs, infos = env.step(actions)
     print("One episode with random meta-actions:\n")
     print(env.render())
+    env.close()
+    if real:
+        return 0  # the fixed-protocol table needs thousands of episodes: simulator only
     print(
         f"\nFixed protocols over {args.episodes} questions ({args.profile}, "
         f"N={args.num_agents}, T={args.max_rounds}):\n"
@@ -187,7 +205,7 @@ def _eval(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy) if args.policy else make_protocol(args.protocol)
     name = args.protocol or Path(args.policy).stem
     cfg = TrainConfig(profile=args.profile, tasks=args.tasks, num_agents=args.num_agents,
-                      max_rounds=args.max_rounds)  # fmt: skip
+                      max_rounds=args.max_rounds, env_kwargs=backend_kwargs(args))  # fmt: skip
     _, eval_tasks = split_tasks(cfg)
     results = compare(
         {name: policy}, cfg.env_config(), eval_tasks, args.seeds, args.episodes, args.out
@@ -252,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tasks", default="arithmetic:2000", help="load_tasks spec")
         p.add_argument("--num-agents", type=int, default=3)
         p.add_argument("--max-rounds", type=int, default=3)
+        g = p.add_argument_group("backend (default: the simulator)")
+        g.add_argument("--backend", default="simulated", help="simulated, hf or openai")
+        g.add_argument("--model", help="hf: a local path or hub id; openai: the served model name")
+        g.add_argument(
+            "--base-url", nargs="+", help="openai: one or more endpoints (load-balanced)"
+        )
+        g.add_argument("--cache", help="SQLite response cache: record, then replay")
+        g.add_argument("--max-concurrency", type=int, help="openai: requests in flight")
+        g.add_argument("--max-new-tokens", type=int, help="hf: tokens per completion")
 
     demo = sub.add_parser("demo", help="one deliberation transcript and a small comparison")
     env_options(demo)
