@@ -162,7 +162,7 @@ def policy_gradient_update(
     actions = torch.as_tensor(roll.actions.reshape(T * B, N))
     logp_old = torch.as_tensor(roll.logp.reshape(T * B, N))
     adv = torch.as_tensor(
-        np.broadcast_to(advantages, (T, B, N)).reshape(T * B, N), dtype=torch.float32
+        np.broadcast_to(advantages, (T, B, N)).reshape(T * B, N).copy(), dtype=torch.float32
     )
     with torch.no_grad():
         ref_logits = ref(obs, masks)
@@ -268,7 +268,11 @@ class Trainer:
         torch.set_num_threads(cfg.torch_threads)
         self.train_tasks, self.eval_tasks = split_tasks(cfg)
         self.env = cfg.env(self.train_tasks, cfg.questions_per_update * cfg.group_size)
-        self.policy = policy if policy is not None else make_policy(cfg)
+        if policy is None:
+            policy = make_policy(cfg)  # seeds torch
+        else:
+            torch.manual_seed(cfg.seed)  # sampling stays reproducible from a given start
+        self.policy = policy
         self.ref = copy.deepcopy(ref if ref is not None else self.policy).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
         self.history: list[dict[str, Any]] = []

@@ -925,7 +925,7 @@ def reward_scale(
     )
     inv = invariance
     results["headline"] = (
-        "SoftRankPO max |param diff| vs x1: "
+        "SoftRankPO max abs param diff vs x1: "
         + ", ".join(f"{tf} {d:.0e}" if d else f"{tf} 0" for tf, d in inv["softrankpo"].items())
         + "; GRPO: "
         + ", ".join(f"{tf} {d:.1e}" for tf, d in inv["grpo"].items())

@@ -206,7 +206,9 @@ def make_backend_for(config: EnvConfig) -> tuple[BatchBackend, list[Task]]:
     tasks = list(_load_spec(config.tasks) if isinstance(config.tasks, str) else config.tasks)
     if not tasks:
         raise ValueError(f"tasks={config.tasks!r} gave no tasks; pass a non-empty task source")
-    backend = make_backend(config.backend, profile=config.profile, **dict(config.backend_kwargs))
+    kwargs = dict(config.backend_kwargs)
+    profile = kwargs.pop("profile", config.profile)  # either place names the profile
+    backend = make_backend(config.backend, profile=profile, **kwargs)
     backend.bind(tasks, config.num_agents)
     return backend, tasks
 
