@@ -212,14 +212,14 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- comparison
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """A JSON-safe copy: tasks by id, arrays as lists, NaN as null, objects by repr."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, Task):
         return value.id
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):
@@ -261,11 +261,11 @@ def compare(
         "num_tasks": len(tasks),
         "tasks_digest": _tasks_digest(tasks),
     }
-    results: dict[str, Any] = {"config": _jsonable(run_config), "methods": {}}
+    results: dict[str, Any] = {"config": jsonable(run_config), "methods": {}}
     for name, policy in methods.items():
         summary = aggregate(evaluate(policy, env_config, tasks, seeds, episodes))
         summary["env_overrides"] = dict(getattr(policy, "env_overrides", {}) or {})
-        results["methods"][name] = _jsonable(summary)
+        results["methods"][name] = jsonable(summary)
     if out is not None:
         write_results(results, out, learning_curves)
     return results
@@ -279,7 +279,7 @@ def write_results(
     """Write ``results.json``, ``results.md`` and the plots of `compare` into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
     (out / "results.md").write_text(markdown_table(results))
     written = [out / "results.json", out / "results.md"]
     written.append(plot_action_shares(results, out / "action_shares.png"))
@@ -321,17 +321,18 @@ def markdown_table(results: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- plots
 # matplotlib's object API on the Agg canvas: no pyplot, no global backend switch.
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float, ncols: int = 1):
+    """A matplotlib figure through the object API: no pyplot, no global backend."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), layout="constrained")
-    return fig, fig.subplots()
+    return fig, fig.subplots(1, ncols)
 
 
 def plot_action_shares(results: Mapping[str, Any], path: Path | str) -> Path:
     """Stacked bars of PERSIST / REFINE / CONCEDE shares per method."""
     ranked = _by_accuracy(results)
-    fig, ax = _figure(max(6.0, 0.8 * len(ranked) + 2), 4.0)
+    fig, ax = new_figure(max(6.0, 0.8 * len(ranked) + 2), 4.0)
     x = np.arange(len(ranked))
     bottom = np.zeros(len(ranked))
     for key, colour in zip(ACTION_KEYS, ("tab:blue", "tab:orange", "tab:green")):
@@ -350,7 +351,7 @@ def plot_action_shares(results: Mapping[str, Any], path: Path | str) -> Path:
 def plot_accuracy_vs_tokens(results: Mapping[str, Any], path: Path | str) -> Path:
     """Team accuracy against tokens per question (log scale), with 95% CI error bars and
     one labelled point per method (methods with identical results share a label)."""
-    fig, ax = _figure(7.0, 4.8)
+    fig, ax = new_figure(7.0, 4.8)
     points: dict[tuple[float, float], list[str]] = {}
     for name, m in results["methods"].items():
         acc, tok = m["team_accuracy"], m["tokens_per_question"]
@@ -379,7 +380,7 @@ def plot_learning_curves(
     """Team accuracy of the training rollouts against agent steps, one line per algorithm
     (a moving average over `window` points: one batch of questions is noisy)."""
     window = 5
-    fig, ax = _figure(6.5, 4.5)
+    fig, ax = new_figure(6.5, 4.5)
     for name, points in curves.items():
         steps = np.array([p["step"] for p in points])
         acc = np.array([p["team_accuracy"] for p in points])

@@ -35,7 +35,15 @@ import numpy as np
 import torch
 
 from algorithms.common import TrainConfig, Trainer, grouped_advantages, policy_gradient_update
-from algorithms.evaluate import aggregate, episode_seeds, evaluate, mean_ci, train_eval_split
+from algorithms.evaluate import (
+    aggregate,
+    episode_seeds,
+    evaluate,
+    jsonable,
+    mean_ci,
+    new_figure,
+    train_eval_split,
+)
 from algorithms.experiments import Preset, learning_curve, method_config
 from algorithms.grpo import grpo_advantages
 from algorithms.heuristics import make_protocol
@@ -538,27 +546,6 @@ def evaluate_effective(
 
 
 # --------------------------------------------------------------------------- output
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    return repr(value)
-
-
-def _figure(width: float, height: float, ncols: int = 1):
-    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig, fig.subplots(1, ncols)
-
-
 def _pm(metric: Mapping[str, Any], scale: float = 100.0, digits: int = 1) -> str:
     lo, hi = metric["ci95"]
     return f"{metric['mean'] * scale:.{digits}f} ± {(hi - lo) / 2 * scale:.{digits}f}"
@@ -566,7 +553,7 @@ def _pm(metric: Mapping[str, Any], scale: float = 100.0, digits: int = 1) -> str
 
 def _write(out: Path, results: dict[str, Any], markdown: str, figures: Sequence[Path]) -> None:
     results["files"] = ["results.json", "results.md", *(p.name for p in figures)]
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
     (out / "results.md").write_text(markdown)
 
 
@@ -723,7 +710,7 @@ def summary_row(run: Mapping[str, Any]) -> dict[str, Any]:
 
 def _plot_main_table(results: Mapping[str, Any], path: Path) -> Path:
     table, columns = results["table"], [*results["columns"], "average"]
-    fig, ax = _figure(max(8.0, 1.6 * len(columns)), 4.8)
+    fig, ax = new_figure(max(8.0, 1.6 * len(columns)), 4.8)
     width = 0.8 / max(len(table), 1)
     x = np.arange(len(columns))
     cmap = __import__("matplotlib").colormaps["tab20"]
@@ -806,7 +793,7 @@ def backbones(setup: Setup, out: str | Path, backbones: Sequence[str] = BACKBONE
 
 
 def _plot_backbones(per: Mapping[str, Any], path: Path) -> Path:
-    fig, ax = _figure(7.5, 4.5)
+    fig, ax = new_figure(7.5, 4.5)
     x = np.arange(len(per))
     series = [
         ("best heuristic", lambda p: p["best_heuristic"]),
@@ -962,7 +949,7 @@ def reward_scale(
 
 
 def _plot_reward_scale(curves: Mapping[str, Mapping[str, list]], path: Path) -> Path:
-    fig, axes = _figure(4.2 * len(curves), 3.8, ncols=len(curves))
+    fig, axes = new_figure(4.2 * len(curves), 3.8, ncols=len(curves))
     axes = np.atleast_1d(axes)
     for ax, (name, by) in zip(axes, curves.items()):
         for k, (tf, per_seed) in enumerate(by.items()):
@@ -1052,7 +1039,7 @@ def tau_sweep(
 def _plot_tau(per: Mapping[str, Any], sft: Mapping[str, Any], path: Path) -> Path:
     from matplotlib.ticker import NullFormatter
 
-    fig, ax = _figure(6.5, 4.2)
+    fig, ax = new_figure(6.5, 4.2)
     for k, (variant, by) in enumerate(per.items()):
         taus = [p["tau"] for p in by.values()]
         means = [p["team_accuracy"]["mean"] for p in by.values()]
@@ -1146,7 +1133,7 @@ def rounds_agents(
 
 
 def _plot_sweeps(sweeps: Mapping[str, list], path: Path) -> Path:
-    fig, axes = _figure(10.0, 4.0, ncols=2)
+    fig, axes = new_figure(10.0, 4.0, ncols=2)
     for ax, (axis, points) in zip(axes, sweeps.items()):
         if not points:
             continue
@@ -1262,7 +1249,7 @@ def _mean_shares(shares: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 
 def _plot_action_shift(stages: Mapping[str, Any], path: Path) -> Path:
-    fig, axes = _figure(11.0, 5.0, ncols=2)
+    fig, axes = new_figure(11.0, 5.0, ncols=2)
     colours = {
         "persist": "tab:blue",
         "refine": "tab:orange",
@@ -1409,7 +1396,7 @@ def tokens(setup: Setup, out: str | Path, rows: Sequence[str] = TOKEN_ROWS) -> d
 
 
 def _plot_pareto(methods: Mapping[str, Any], front: Sequence[str], path: Path) -> Path:
-    fig, ax = _figure(8.0, 5.0)
+    fig, ax = new_figure(8.0, 5.0)
     for name, m in methods.items():
         tok, acc = m["tokens_per_question"], m["team_accuracy"]
         marker = "*" if name == "oracle" else ("s" if name in LEARNED else "o")
