@@ -63,11 +63,23 @@ def hindsight_labels(
     REFINE is the backend's own draw for this state. With ``reward="terminal"`` every
     non-final round rewards 0, so its labels are all PERSIST.
     """
+    return hindsight_targets(core, actions, active)[0]
+
+
+def hindsight_targets(
+    core: DeliberationCore, actions: np.ndarray, active: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`hindsight_labels` and ``informative [B, N]`` bool: False where every allowed
+    action earns the same reward (the label is then only the tie-break)."""
     rewards = counterfactual_rewards(core, actions, active)
     rewards = np.where(core.action_masks() > 0, rewards, -np.inf)
     order = np.array(LABEL_PREFERENCE, np.int64)
     # argmax returns the first maximum: scanning in preference order breaks ties.
-    return order[np.argmax(rewards[..., order], axis=-1)]
+    labels = order[np.argmax(rewards[..., order], axis=-1)]
+    allowed = np.isfinite(rewards)
+    best = rewards.max(-1, keepdims=True)
+    informative = ((rewards < best) & allowed).any(-1)
+    return labels, informative
 
 
 def joint_action_table(num_agents: int) -> np.ndarray:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from algorithms.common import TrainConfig, make_policy, split_tasks
-from algorithms.hindsight import hindsight_labels
+from algorithms.common import TrainConfig, make_policy, optimise, split_tasks
+from algorithms.hindsight import hindsight_targets
 from algorithms.policy import MetaPolicy
 
 
@@ -36,6 +36,10 @@ class SFTConfig(TrainConfig):
     batch_size: int = 512
     """Rounds (x N agents) per gradient step."""
     lr: float = 1e-3
+    skip_ties: bool = True
+    """Leave out of the loss the agent-states where every allowed action earns the same
+    reward: their label is only the tie-break (PERSIST), and they are most states (all
+    agents already right), so keeping them teaches "always PERSIST"."""
 
 
 @dataclass
@@ -43,9 +47,11 @@ class Dataset:
     obs: np.ndarray  # float32 [M, N, D]
     masks: np.ndarray  # int8 [M, N, 3]
     labels: np.ndarray  # int64 [M, N]
+    informative: np.ndarray  # bool [M, N]: some action earns more than another
 
-    def label_shares(self) -> dict[str, float]:
-        counts = np.bincount(self.labels.ravel(), minlength=3) / self.labels.size
+    def label_shares(self, informative_only: bool = False) -> dict[str, float]:
+        labels = self.labels[self.informative] if informative_only else self.labels.ravel()
+        counts = np.bincount(labels, minlength=3) / max(labels.size, 1)
         return dict(zip(("persist", "refine", "concede"), counts.round(4).tolist()))
 
 
@@ -65,8 +71,8 @@ def collect_dataset(cfg: SFTConfig, tasks: list, seed: int) -> Dataset:
     while active.any():
         mask = info["action_mask"]
         actions = behaviour.act(obs, mask)
-        labels = hindsight_labels(env.core, actions, active)
-        parts.append((obs[active], mask[active], labels[active]))
+        labels, informative = hindsight_targets(env.core, actions, active)
+        parts.append((obs[active], mask[active], labels[active], informative[active]))
         obs, _, _, _, info = env.step(actions)
         active = info["active"]
     return Dataset(*(np.concatenate(c) for c in zip(*parts)))
@@ -83,26 +89,33 @@ def train(
     policy = make_policy(cfg)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     obs, masks, labels = (torch.as_tensor(x) for x in (data.obs, data.masks, data.labels))
+    weight = torch.as_tensor(data.informative if cfg.skip_ties else np.ones_like(data.informative))
+    weight = weight.float()
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
     for epoch in tqdm(range(cfg.epochs), desc="sft", disable=not progress, leave=False):
         losses, hits = [], []
         for idx in torch.randperm(len(obs), generator=gen).split(cfg.batch_size):
+            w = weight[idx]
+            if w.sum() == 0:
+                continue
             logits = policy(obs[idx], masks[idx])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), labels[idx].ravel())
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            optimizer.step()
+            per = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, 3), labels[idx].ravel(), reduction="none"
+            )
+            loss = (per * w.ravel()).sum() / w.sum()
+            optimise(policy, optimizer, loss, cfg.max_grad_norm)
             losses.append(loss.item())
-            hits.append((logits.argmax(-1) == labels[idx]).float().mean().item())
+            hit = (logits.argmax(-1) == labels[idx]).float()
+            hits.append(((hit * w).sum() / w.sum()).item())
         history.append(
             {
                 "epoch": epoch + 1,
                 "loss": float(np.mean(losses)),
                 "label_accuracy": float(np.mean(hits)),
-                "label_shares": data.label_shares(),
+                "label_shares": data.label_shares(informative_only=cfg.skip_ties),
                 "states": len(obs),
+                "informative_share": float(data.informative.mean()),
             }
         )
     if cfg.out:
