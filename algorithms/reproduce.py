@@ -849,54 +849,36 @@ def reward_scale(
     profile, tasks = setup.profile(), setup.task_spec()
     _, eval_tasks = _split(tasks)
     env_config = setup.eval_config(profile)
+    ref = "x1" if "x1" in transforms else transforms[0]
     methods: dict[str, Any] = {}
     curves: dict[str, dict[str, list]] = {}
     for name, (method, overrides) in REWARD_SCALE_METHODS.items():
-        methods[name], curves[name] = {}, {}
-        for tf in transforms:
-            trained = [
-                train_rl(
-                    setup,
-                    method,
-                    profile,
-                    tasks,
-                    seed=s,
-                    from_sft=from_sft,
-                    transform=tf,
-                    **overrides,
-                )
+        trained = {
+            tf: [
+                train_rl(setup, method, profile, tasks, seed=s, from_sft=from_sft,
+                         transform=tf, **overrides)
                 for s in setup.budget.train_seeds
             ]
-            runs = evaluate_runs(setup, [p for p, _ in trained], env_config, eval_tasks)
+            for tf in transforms
+        }  # fmt: skip
+        methods[name], curves[name] = {}, {}
+        for tf, runs_of_tf in trained.items():
+            runs = evaluate_runs(setup, [p for p, _ in runs_of_tf], env_config, eval_tasks)
             methods[name][tf] = {
                 "team_accuracy": _metric(runs),
                 "tokens_per_question": _metric(runs, "tokens_per_question"),
             }
-            curves[name][tf] = [learning_curve(h) for _, h in trained]
-            ref = "x1" if "x1" in transforms else transforms[0]
+            curves[name][tf] = [learning_curve(h) for _, h in runs_of_tf]
             if tf != ref:
-                ref_trained = [
-                    train_rl(
-                        setup,
-                        method,
-                        profile,
-                        tasks,
-                        seed=s,
-                        from_sft=from_sft,
-                        transform=ref,
-                        **overrides,
-                    )
-                    for s in setup.budget.train_seeds
-                ]
+                pairs = list(zip(runs_of_tf, trained[ref]))
                 methods[name][tf]["max_abs_param_diff_vs_" + ref] = max(
-                    _param_diff(p, q) for (p, _), (q, _) in zip(trained, ref_trained)
+                    _param_diff(p, q) for (p, _), (q, _) in pairs
                 )
                 methods[name][tf]["max_abs_curve_diff_vs_" + ref] = max(
                     abs(a["team_accuracy"] - b["team_accuracy"])
-                    for (_, h), (_, g) in zip(trained, ref_trained)
+                    for (_, h), (_, g) in pairs
                     for a, b in zip(learning_curve(h), learning_curve(g))
                 )
-    ref = "x1" if "x1" in transforms else transforms[0]
     key = "max_abs_param_diff_vs_" + ref
     invariance = {
         name: {tf: m[key] for tf, m in by.items() if key in m} for name, by in methods.items()
