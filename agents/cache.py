@@ -243,7 +243,8 @@ class ResponseCache:
 
     def has_records(self, keys: Sequence[str]) -> set[str]:
         """The subset of `keys` that already have a record."""
-        conn, found = self._conn(), set()
+        conn = self._conn()
+        found: set[str] = set()
         for start in range(0, len(keys), 500):  # SQLite caps the parameters of one query
             chunk = list(keys[start : start + 500])
             marks = ",".join("?" * len(chunk))
@@ -253,8 +254,8 @@ class ResponseCache:
 
     def records(self) -> Iterator[dict[str, Any]]:
         """One dict per recorded agent solution, oldest first: the input of
-        `SimulatedBackend.fit` (schema: `agents.fit`; backends store
-        `agents.fit.record_from_call` plus ``model`` and ``seed``)."""
+        `SimulatedBackend.fit` (schema: `agents.records`; backends store
+        `agents.records.record_from_call` plus ``model`` and ``seed``)."""
         cur = self._conn().execute("SELECT record FROM records ORDER BY rowid")
         for (record,) in cur:
             yield json.loads(record)
@@ -333,23 +334,23 @@ def cached_batch(
         out = generate(list(range(len(key_fields))))
         return [_round_trip(r) for r in _checked(out, len(key_fields))]
     keys = [request_key(f) for f in key_fields]
-    responses: list[dict[str, Any] | None] = []
-    first: dict[str, int] = {}
+    responses: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
     missing: list[int] = []
     for i, key in enumerate(keys):
-        if key in first:  # a duplicate within the batch: share the first one's result
-            responses.append(None)
+        if key in seen:  # a duplicate within the batch: share the first one's result
             continue
-        first[key] = i
+        seen.add(key)
         hit = cache.get(key)
-        responses.append(hit)
         if hit is None:
             missing.append(i)
+        else:
+            responses[key] = hit
     if missing:
         for i, response in zip(missing, _checked(generate(missing), len(missing))):
-            responses[i] = _round_trip(response)
-            cache.put(keys[i], key_fields[i], responses[i])
-    return [r if r is not None else responses[first[k]] for r, k in zip(responses, keys)]
+            responses[keys[i]] = _round_trip(response)
+            cache.put(keys[i], key_fields[i], responses[keys[i]])
+    return [responses[key] for key in keys]
 
 
 def _checked(out: Sequence[Mapping[str, Any]], n: int) -> Sequence[Mapping[str, Any]]:

@@ -1,7 +1,7 @@
 """The prompt templates of the text backends, in one place: solve, refine (LLM-Debate style)
 and judge, as chat messages, plus `render_chat` for models that take one string.
 
-Layout rule (DESIGN.md section 4): shared content first, the agent-specific part last, so
+Layout rule (docs/design.md#the-backend-protocol): shared content first, the agent-specific part last, so
 a server's prefix cache serves every agent of an env from one cached prefix.
 
 - solve: system instructions + question. Nothing is agent-specific, so the N initial

@@ -66,7 +66,7 @@ class SimulatedBackend:
         **kwargs: Any,
     ) -> SimulatedBackend:
         """A simulator calibrated on recorded real runs (`agents.fit.fit_profile`, which
-        documents the record schema and takes `name`, `prior_strength`, `tasks`)."""
+        takes `name`, `prior_strength`, `tasks`; the record schema is in `agents.records`)."""
         from agents.fit import fit_profile
 
         return cls(fit_profile(records, base=base, **kwargs), seed=seed)

@@ -1,23 +1,24 @@
 """GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300) on grouped deliberation
 rollouts: advantages ``(r - mean_g) / (std + 1e-4)`` with the reward scaling of TRL's
-`GRPOConfig.scale_rewards` ("group", "batch" or "none"), the same clipped surrogate and KL
-as SoftRankPO."""
+`GRPOConfig.scale_rewards` ("group", "batch" or "none"; `algorithms.advantages.grpo`),
+the same clipped surrogate and KL as SoftRankPO."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-import numpy as np
 import torch
 
-from algorithms.common import TrainConfig, Trainer, grouped_advantages, policy_gradient_update
+from algorithms import advantages
+from algorithms.advantages import SCALE_REWARDS
+from algorithms.common import TrainConfig, grouped_advantages, policy_gradient_update
 from algorithms.policy import MetaPolicy
 from algorithms.rollout import Rollout
-from algorithms.softrankpo import _check_rewards
+from algorithms.trainer import make_train
 
-SCALE_REWARDS = ("group", "batch", "none")
+grpo_advantages = advantages.grpo
+"""`algorithms.advantages.grpo`, under its old import path."""
 
 
 @dataclass
@@ -29,25 +30,9 @@ class GRPOConfig(TrainConfig):
     batch's std ("batch") or nothing ("none", Dr. GRPO, arXiv 2503.20783), as TRL does."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.scale_rewards not in SCALE_REWARDS:
             raise ValueError(f"scale_rewards={self.scale_rewards!r} is not one of {SCALE_REWARDS}")
-
-
-def grpo_advantages(rewards: Any, scale_rewards: str = "group") -> np.ndarray:
-    """TRL's GRPO advantages over the last (group) axis; std is the unbiased one
-    (``torch.std``), and a group of one has advantage 0."""
-    r = _check_rewards(rewards)
-    if scale_rewards not in SCALE_REWARDS:
-        raise ValueError(f"scale_rewards={scale_rewards!r} is not one of {SCALE_REWARDS}")
-    G = r.shape[-1]
-    adv = r - r.mean(-1, keepdims=True)
-    if scale_rewards == "none" or G == 1:
-        return adv
-    if scale_rewards == "group":
-        std = r.std(-1, ddof=1, keepdims=True)
-    else:
-        std = r.std(ddof=1) if r.size > 1 else 0.0
-    return adv / (std + 1e-4)
 
 
 def update(
@@ -56,22 +41,13 @@ def update(
     optimizer: torch.optim.Optimizer,
     roll: Rollout,
     cfg: GRPOConfig,
+    generator: torch.Generator,
 ) -> dict[str, float]:
     """One GRPO update on a batch of grouped rollouts."""
-    adv = grouped_advantages(roll, partial(grpo_advantages, scale_rewards=cfg.scale_rewards))
-    stats = policy_gradient_update(policy, ref, optimizer, roll, adv, cfg, clip=cfg.clip)
+    grpo = partial(advantages.grpo, scale_rewards=cfg.scale_rewards)
+    adv = grouped_advantages(roll, grpo, cfg.reward_transform)  # [B, N]
+    stats = policy_gradient_update(policy, ref, optimizer, roll, adv, cfg, cfg.clip, generator)
     return {**stats, "adv_std": float(adv.std())}
 
 
-def train(
-    cfg: GRPOConfig | None = None,
-    policy: MetaPolicy | None = None,
-    ref: MetaPolicy | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> tuple[MetaPolicy, list[dict[str, Any]]]:
-    """Train a meta-policy with GRPO."""
-    trainer = Trainer("grpo", cfg or GRPOConfig(), update, policy, ref, progress)
-    if resume:
-        trainer.resume()
-    return trainer.run()
+train = make_train("grpo", GRPOConfig, update, doc="Train a meta-policy with GRPO.")

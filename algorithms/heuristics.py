@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from algorithms.hindsight import best_joint_actions
 from algorithms.policy import Policy
-from deliberation_env import voting
-from deliberation_env.core import Action
+from deliberation_env.actions import Action
+from deliberation_env.counterfactual import best_joint_actions
 from deliberation_env.observation import PEER_FEATURES, ObservationLayout
+from deliberation_env.vector import VectorDeliberationEnv
 
 PERSIST, REFINE, CONCEDE = (int(a) for a in Action)
 
@@ -197,8 +197,8 @@ class RandomProtocol(Heuristic):
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
 
-    def bind(self, env: Any) -> None:
-        keys = np.asarray(env.core.state.key, np.uint64)
+    def bind(self, env: VectorDeliberationEnv) -> None:
+        keys = np.asarray(env.episode_keys, np.uint64)
         self.rng = np.random.default_rng([self.seed, int(keys[0]), len(keys)])
 
     def act(
@@ -212,18 +212,19 @@ class RandomProtocol(Heuristic):
 class Oracle(Heuristic):
     """Sees correctness: each round, the joint action that makes the team correct after the
     round, else the one leaving most agents correct, then the cheapest
-    (`algorithms.hindsight.best_joint_actions`). The reference ceiling of a meta-policy
-    with this backend; reported, never trained on. It is a one-round lookahead (exact, but
-    myopic over rounds), so it bounds other protocols in practice, not as a theorem.
-    Needs ``bind(env)`` (the evaluation harness calls it after reset).
+    (`deliberation_env.counterfactual.best_joint_actions`). The reference ceiling of a
+    meta-policy with this backend; reported, never trained on. It is a one-round lookahead
+    (exact, but myopic over rounds), so it bounds other protocols in practice, not as a
+    theorem. Needs ``bind(env)`` with the `VectorDeliberationEnv` it acts in (the
+    evaluation harness calls it after reset).
     """
 
     name = "oracle"
 
     def __init__(self) -> None:
-        self.env: Any = None
+        self.env: VectorDeliberationEnv | None = None
 
-    def bind(self, env: Any) -> None:
+    def bind(self, env: VectorDeliberationEnv) -> None:
         self.env = env
 
     def act(
@@ -231,14 +232,8 @@ class Oracle(Heuristic):
     ) -> np.ndarray:
         if self.env is None:
             raise RuntimeError("oracle: call bind(env) with the env it acts in before act()")
-        core = self.env.core
-        s, cfg = core.state, core.config
-        # Finished envs are frozen: their round stops, or consensus ended them early.
-        active = s.round < cfg.max_rounds
-        if cfg.stop_on_consensus:
-            consensus = voting.agreement(s.answer).all(axis=(1, 2))
-            active &= ~((s.round > 0) & consensus)
-        return best_joint_actions(core, active)
+        # Envs whose episode ended (`env.active` False) stay frozen: all-PERSIST.
+        return best_joint_actions(self.env, self.env.active)
 
 
 PROTOCOLS: dict[str, Callable[..., Policy]] = {}

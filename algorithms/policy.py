@@ -1,5 +1,7 @@
 """Meta-policies: the `Policy` protocol every method implements, and `MetaPolicy`, the
-learned network (per-agent encoder, cross-attention over peers, three masked logits).
+learned network (per-agent encoder, cross-attention over peers, three masked logits);
+`sample` and `use_generator` let trainers draw actions and initial weights from a
+``torch.Generator`` of their own.
 
 The network follows MPDF (arXiv 2509.03817): the agent's own state is the attention
 query and its peers' states are keys and values. Parameters are shared across agents
@@ -8,8 +10,9 @@ with an agent-index embedding by default, or one network per agent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -73,9 +76,11 @@ class _Trunk(nn.Module):
         self.null = nn.Parameter(torch.zeros(1, 1, h))
         self.attn = nn.MultiheadAttention(h, cfg.heads, batch_first=True)
         self.head = nn.Sequential(nn.Linear(2 * h, h), nn.Tanh(), nn.Linear(h, 3))
-        nn.init.orthogonal_(self.head[-1].weight, gain=0.01)
-        nn.init.zeros_(self.head[-1].bias)
-        self.value = None
+        logits = self.head[-1]
+        assert isinstance(logits, nn.Linear)
+        nn.init.orthogonal_(logits.weight, gain=0.01)
+        nn.init.zeros_(logits.bias)
+        self.value: nn.Module | None = None
         if cfg.value_head:
             # MAPPO's agent-specific global state (Yu et al. 2022): the global state plus
             # this agent's own features, so agents of one env get their own values.
@@ -112,7 +117,12 @@ class MetaPolicy(nn.Module):
         )
         self.env_overrides: Mapping[str, Any] = {}
 
-    def _per_agent(self, obs: torch.Tensor):
+    def _trunk(self, i: int) -> _Trunk:
+        trunk = self.trunks[i]
+        assert isinstance(trunk, _Trunk)
+        return trunk
+
+    def _per_agent(self, obs: torch.Tensor) -> Iterator[tuple[int | slice, _Trunk, torch.Tensor]]:
         """Yield (agent slice, trunk, features) over the agent axis (-2)."""
         lead, (N, D) = obs.shape[:-2], obs.shape[-2:]
         if N > self.config.num_agents:
@@ -121,21 +131,18 @@ class MetaPolicy(nn.Module):
                 f"num_agents={self.config.num_agents}"
             )
         flat = obs.reshape(-1, N, D)
-        if self.config.share_parameters:
+        if self.agent_embedding is not None:  # shared parameters
             emb = (
                 self.agent_embedding.weight[:N]
                 .expand(flat.shape[0], N, -1)
                 .reshape(-1, self.config.hidden)
             )
-            feats = self.trunks[0].features(flat.reshape(-1, D), emb)
-            yield slice(None), self.trunks[0], feats.reshape(*lead, N, -1)
+            feats = self._trunk(0).features(flat.reshape(-1, D), emb)
+            yield slice(None), self._trunk(0), feats.reshape(*lead, N, -1)
         else:
             for i in range(N):
-                yield (
-                    i,
-                    self.trunks[i],
-                    self.trunks[i].features(flat[:, i], None).reshape(*lead, -1),
-                )
+                trunk = self._trunk(i)
+                yield i, trunk, trunk.features(flat[:, i], None).reshape(*lead, -1)
 
     def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         parts = [(idx, trunk.head(f)) for idx, trunk, f in self._per_agent(obs)]
@@ -150,6 +157,7 @@ class MetaPolicy(nn.Module):
             raise RuntimeError("this policy has no value head: build it with value_head=True")
         out = []
         for idx, trunk, f in self._per_agent(obs):
+            assert trunk.value is not None  # built with config.value_head
             if self.config.critic_state_size:
                 if state is None:
                     raise ValueError("this critic is centralised: pass the global state")
@@ -161,19 +169,27 @@ class MetaPolicy(nn.Module):
             out.append(trunk.value(inp)[..., 0])
         return out[0] if len(out) == 1 else torch.stack(out, dim=-1)
 
-    def distribution(self, obs: torch.Tensor, mask: torch.Tensor | None = None):
+    def distribution(
+        self, obs: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.distributions.Categorical:
         return torch.distributions.Categorical(logits=self(obs, mask))
 
     @torch.no_grad()
     def act(
-        self, obs: np.ndarray, action_mask: np.ndarray, deterministic: bool = False
+        self,
+        obs: np.ndarray,
+        action_mask: np.ndarray,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
     ) -> np.ndarray:
+        """Actions ``[B, N]``: the most likely ones, or samples drawn from `generator`
+        (None: torch's global generator)."""
         logits = self(
             torch.as_tensor(np.asarray(obs), dtype=torch.float32), torch.as_tensor(action_mask)
         )
         if deterministic:
             return logits.argmax(-1).numpy()
-        return torch.distributions.Categorical(logits=logits).sample().numpy()
+        return sample(torch.distributions.Categorical(logits=logits), generator).numpy()
 
     def save(self, path: str | Path, **extra: Any) -> None:
         """Write the config and weights (and any `extra` metadata) to `path`."""
@@ -188,3 +204,46 @@ class MetaPolicy(nn.Module):
         policy = cls(PolicyConfig(**payload["config"]))
         policy.load_state_dict(payload["state_dict"])
         return policy
+
+
+def sample(
+    dist: torch.distributions.Categorical, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One draw of `dist` from `generator` (None: torch's global generator): the same
+    numbers as ``dist.sample()``, which calls ``torch.multinomial`` in this way."""
+    probs = dist.probs.reshape(-1, dist.probs.shape[-1])
+    return torch.multinomial(probs, 1, True, generator=generator).T.reshape(dist.batch_shape)
+
+
+@contextmanager
+def use_generator(generator: torch.Generator) -> Iterator[None]:
+    """Inside the block torch's global generator plays `generator`: its state is copied
+    in, and copied back out at the end (so `generator` advances by what the block drew);
+    the global generator is restored afterwards. For code that takes no generator
+    argument, such as module constructors drawing initial weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(generator.get_state())
+        yield
+        generator.set_state(torch.get_rng_state())
+
+
+def with_value_head(
+    policy: MetaPolicy, critic_state_size: int = 0, generator: torch.Generator | None = None
+) -> MetaPolicy:
+    """`policy` itself if it has the value head PPO needs, else a copy with a fresh one
+    whose weights come from `generator` (None: torch's global generator); an SFT policy
+    keeps its actor weights."""
+    c = policy.config
+    if c.value_head and c.critic_state_size == critic_state_size:
+        return policy
+    config = replace(c, value_head=True, critic_state_size=critic_state_size)
+    if generator is None:
+        out = MetaPolicy(config)
+    else:
+        with use_generator(generator):
+            out = MetaPolicy(config)
+    actor = {k: v for k, v in policy.state_dict().items() if ".value." not in k}
+    missing, unexpected = out.load_state_dict(actor, strict=False)
+    if unexpected or any(".value." not in k for k in missing):
+        raise ValueError(f"cannot add a value head to {policy!r}: mismatched weights")
+    return out

@@ -12,24 +12,28 @@ clipfrac and explained variance beside the loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from algorithms.advantages import explained_variance, gae
 from algorithms.common import (
+    FlatBatch,
     TrainConfig,
-    Trainer,
     clipped_surrogate,
     kl_to_reference,
     log_stats,
-    make_policy,
+    mean_stats,
     optimise,
 )
-from algorithms.policy import MetaPolicy
+from algorithms.policy import MetaPolicy, with_value_head
 from algorithms.rollout import Rollout
+from algorithms.trainer import make_train
 from deliberation_env.observation import ObservationLayout
+
+__all__ = ["PPOConfig", "critic_state_size", "explained_variance", "gae", "train", "update"]
+__all__ += ["with_value_head"]  # moved to algorithms.policy; importable from here as before
 
 
 @dataclass
@@ -72,6 +76,12 @@ class PPOConfig(TrainConfig):
     False: IPPO (de Witt et al. 2020), the value head reads the agent's own features."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.reward_transform != "identity":
+            raise ValueError(
+                f"reward_transform={self.reward_transform!r}: PPO has no group returns to "
+                "transform (its advantages come from per-round rewards); leave it 'identity'"
+            )
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must lie in [0, 1], got {self.gamma}")
         if not 0.0 <= self.gae_lambda <= 1.0:
@@ -80,50 +90,17 @@ class PPOConfig(TrainConfig):
             raise ValueError(f"vf_coef must be >= 0, got {self.vf_coef}")
 
 
-def gae(
-    rewards: Any, values: Any, active: Any, gamma: float = 1.0, lam: float = 0.95
-) -> tuple[np.ndarray, np.ndarray]:
-    """Generalised advantage estimation (Schulman et al. 2016) per agent, over rounds.
-
-    Args:
-        rewards: ``[T, B, N]`` reward of each agent after round t.
-        values: ``[T, B, N]`` value estimates of the state before round t.
-        active: ``[T, B]`` bool, env b played round t. The value after an env's last
-            active round is 0: episodes end naturally (terminated, never truncated).
-        gamma, lam: discount and GAE lambda.
-
-    Returns:
-        ``(advantages, returns)``, both ``[T, B, N]`` float32, zero where not active;
-        ``returns = advantages + values`` (the value targets).
-    """
-    r = np.asarray(rewards, np.float64)
-    v = np.asarray(values, np.float64)
-    live = np.asarray(active, bool)
-    if r.shape != v.shape or r.ndim != 3 or live.shape != r.shape[:2]:
-        raise ValueError(
-            f"gae needs rewards and values [T, B, N] and active [T, B]; got rewards "
-            f"{r.shape}, values {v.shape}, active {live.shape}"
-        )
-    live = live[..., None].astype(np.float64)
-    adv = np.zeros_like(r)
-    last = np.zeros_like(r[0])
-    for t in reversed(range(len(r))):
-        if t + 1 < len(r):
-            next_live, next_value = live[t + 1], v[t + 1]
-        else:
-            next_live, next_value = 0.0, 0.0
-        delta = r[t] + gamma * next_live * next_value - v[t]
-        last = delta + gamma * lam * next_live * last
-        adv[t] = last
-    adv *= live
-    return adv.astype(np.float32), ((adv + v) * live).astype(np.float32)
-
-
-def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
-    """``1 - Var(y_true - y_pred) / Var(y_true)``: 1 is a perfect critic, 0 a constant one,
-    NaN when the targets do not vary."""
-    var = np.var(y_true)
-    return float("nan") if var == 0 else float(1 - np.var(y_true - y_pred) / var)
+def value_loss(
+    v: torch.Tensor, v_old: torch.Tensor, returns: torch.Tensor, clip: float | None
+) -> torch.Tensor:
+    """``0.5 * (v - returns)^2``, averaged; with `clip`, the larger of it and the error of
+    the update clipped to ``v_old +- clip`` (CleanRL's ``clip_vloss``, from OpenAI
+    baselines' PPO2)."""
+    loss = (v - returns) ** 2
+    if clip is not None:
+        v_clipped = v_old + (v - v_old).clamp(-clip, clip)
+        loss = torch.max(loss, (v_clipped - returns) ** 2)
+    return 0.5 * loss.mean()
 
 
 def update(
@@ -132,18 +109,17 @@ def update(
     optimizer: torch.optim.Optimizer,
     roll: Rollout,
     cfg: PPOConfig,
+    generator: torch.Generator,
 ) -> dict[str, float]:
     """One PPO update: values and GAE on the batch, then `epochs` passes of `minibatches`
-    steps over the active (round, env) rows."""
-    T, B, N, D = roll.obs.shape
-    obs = torch.as_tensor(roll.obs.reshape(T * B, N, D))
-    masks = torch.as_tensor(roll.masks.reshape(T * B, N, 3))
+    steps over the active (round, env) rows, in an order drawn from `generator`."""
+    T, B, N = roll.actions.shape
+    batch = FlatBatch.of(roll)
+    obs, masks, actions, logp_old = batch.obs, batch.masks, batch.actions, batch.logp_old
     states = torch.as_tensor(roll.states.reshape(T * B, -1)) if cfg.centralised_critic else None
-    actions = torch.as_tensor(roll.actions.reshape(T * B, N))
-    logp_old = torch.as_tensor(roll.logp.reshape(T * B, N))
     with torch.no_grad():
         values = policy.value(obs, states).reshape(T, B, N).numpy()
-        ref_logits = ref(obs, masks) if cfg.beta else None
+    ref_logits = batch.logits(ref) if cfg.beta else None
     adv, ret = gae(roll.rewards, values, roll.active, cfg.gamma, cfg.gae_lambda)
     advantages = torch.as_tensor(adv.reshape(T * B, N))
     returns = torch.as_tensor(ret.reshape(T * B, N))
@@ -152,8 +128,7 @@ def update(
 
     log: dict[str, list[float]] = {}
     for _ in range(cfg.epochs):
-        # torch's generator: seeded by `make_policy`, saved in checkpoints, new each update.
-        order = torch.as_tensor(rows)[torch.randperm(len(rows))]
+        order = torch.as_tensor(rows)[torch.randperm(len(rows), generator=generator)]
         for idx in order.tensor_split(min(cfg.minibatches, len(rows))):
             logits = policy(obs[idx], masks[idx])
             dist = torch.distributions.Categorical(logits=logits)
@@ -163,14 +138,11 @@ def update(
             pg, stats = clipped_surrogate(dist.log_prob(actions[idx]), logp_old[idx], a, cfg.clip)
 
             v = policy.value(obs[idx], None if states is None else states[idx])
-            v_loss = (v - returns[idx]) ** 2
-            if cfg.clip_vloss:
-                v_clipped = values_old[idx] + (v - values_old[idx]).clamp(-cfg.clip, cfg.clip)
-                v_loss = torch.max(v_loss, (v_clipped - returns[idx]) ** 2)
-            v_loss = 0.5 * v_loss.mean()
+            v_clip = cfg.clip if cfg.clip_vloss else None
+            v_loss = value_loss(v, values_old[idx], returns[idx], v_clip)
 
             entropy = dist.entropy().mean()
-            kl = kl_to_reference(logits, ref_logits[idx]) if cfg.beta else torch.zeros(())
+            kl = torch.zeros(()) if ref_logits is None else kl_to_reference(logits, ref_logits[idx])
             loss = pg - cfg.entropy_coef * entropy + cfg.vf_coef * v_loss + cfg.beta * kl
 
             grad_norm = optimise(policy, optimizer, loss, cfg.max_grad_norm)
@@ -186,50 +158,28 @@ def update(
             )
     live = roll.active[..., None].repeat(N, -1)
     return {
-        **{k: float(np.mean(v)) for k, v in log.items()},
+        **mean_stats(log),
         "explained_variance": explained_variance(values[live], ret[live]),
         "value_mean": float(values[live].mean()),
         "adv_std": float(adv[live].std()),
     }
 
 
-def with_value_head(policy: MetaPolicy, critic_state_size: int = 0) -> MetaPolicy:
-    """`policy` itself if it has the value head PPO needs, else a copy with a fresh one
-    (an SFT policy keeps its actor weights)."""
-    c = policy.config
-    if c.value_head and c.critic_state_size == critic_state_size:
-        return policy
-    out = MetaPolicy(replace(c, value_head=True, critic_state_size=critic_state_size))
-    actor = {k: v for k, v in policy.state_dict().items() if ".value." not in k}
-    missing, unexpected = out.load_state_dict(actor, strict=False)
-    if unexpected or any(".value." not in k for k in missing):
-        raise ValueError(f"cannot add a value head to {policy!r}: mismatched weights")
-    return out
+def critic_state_size(cfg: PPOConfig) -> int:
+    """Size of the global state the value head reads: `env.state()`'s for MAPPO, none
+    (0) for IPPO."""
+    if not cfg.centralised_critic:
+        return 0
+    return ObservationLayout(cfg.env_kwargs.get("max_peers", 4)).state_size
 
 
-def train(
-    cfg: PPOConfig | None = None,
-    policy: MetaPolicy | None = None,
-    ref: MetaPolicy | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> tuple[MetaPolicy, list[dict[str, Any]]]:
-    """Train a meta-policy with PPO (IPPO, or MAPPO with ``centralised_critic=True``).
+train = make_train(
+    "ppo",
+    PPOConfig,
+    update,
+    critic_state_size=critic_state_size,
+    doc="""Train a meta-policy with PPO (IPPO, or MAPPO with ``centralised_critic=True``).
 
     `policy` (e.g. an SFT policy) is the start; it gets a value head if it has none. `ref`
-    is the KL anchor (used when ``beta > 0``; default: the start policy)."""
-    cfg = cfg or PPOConfig()
-    state_size = (
-        ObservationLayout(cfg.env_kwargs.get("max_peers", 4)).state_size
-        if cfg.centralised_critic
-        else 0
-    )
-    if policy is None:
-        policy = make_policy(cfg, value_head=True, critic_state_size=state_size)
-    else:
-        torch.manual_seed(cfg.seed)
-        policy = with_value_head(policy, state_size)
-    trainer = Trainer("ppo", cfg, update, policy, ref, progress)
-    if resume:
-        trainer.resume()
-    return trainer.run()
+    is the KL anchor (used when ``beta > 0``; default: the start policy).""",
+)

@@ -16,7 +16,8 @@ from algorithms.policy import Policy
 
 TrainFn = Callable[..., tuple[Policy, list[dict[str, Any]]]]
 """``train(cfg, progress=True) -> (policy, history)``; history records carry
-``agent_steps`` and ``team_accuracy`` (the learning curve)."""
+``agent_steps`` and ``team_accuracy`` (the learning curve). The RL methods' train, made by
+`algorithms.trainer.make_train`, also takes ``policy``, ``ref`` and ``resume``."""
 
 
 @dataclass(frozen=True)

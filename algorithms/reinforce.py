@@ -1,18 +1,21 @@
-"""REINFORCE (Williams 1992) with a group-mean baseline: advantage ``r - mean_g`` and the
-plain policy gradient ``-log pi(a) * A`` (one epoch, no clipping), plus the same KL term."""
+"""REINFORCE (Williams 1992) with a group-mean baseline: advantage ``r - mean_g``
+(`algorithms.advantages.group_baseline`) and the plain policy gradient
+``-log pi(a) * A`` (one epoch, no clipping), plus the same KL term."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 
-from algorithms.common import TrainConfig, Trainer, grouped_advantages, policy_gradient_update
+from algorithms import advantages
+from algorithms.common import TrainConfig, grouped_advantages, policy_gradient_update
 from algorithms.policy import MetaPolicy
 from algorithms.rollout import Rollout
-from algorithms.softrankpo import _check_rewards
+from algorithms.trainer import make_train
+
+baseline_advantages = advantages.group_baseline
+"""`algorithms.advantages.group_baseline`, under its old import path."""
 
 
 @dataclass
@@ -20,14 +23,11 @@ class REINFORCEConfig(TrainConfig):
     """REINFORCE training: one pass per batch (on-policy gradient)."""
 
     epochs: int = 1
+    """One pass: the plain policy gradient is only unbiased on-policy."""
     minibatches: int = 1
+    """The whole batch in one step."""
     lr: float = 1e-3
-
-
-def baseline_advantages(rewards: Any) -> np.ndarray:
-    """``r - mean`` over the last (group) axis."""
-    r = _check_rewards(rewards)
-    return r - r.mean(-1, keepdims=True)
+    """Adam learning rate (higher than the clipped methods': one step per batch)."""
 
 
 def update(
@@ -36,20 +36,11 @@ def update(
     optimizer: torch.optim.Optimizer,
     roll: Rollout,
     cfg: REINFORCEConfig,
+    generator: torch.Generator,
 ) -> dict[str, float]:
-    adv = grouped_advantages(roll, baseline_advantages)
-    return policy_gradient_update(policy, ref, optimizer, roll, adv, cfg, clip=None)
+    """One REINFORCE update: the unclipped policy gradient on group-baselined returns."""
+    adv = grouped_advantages(roll, advantages.group_baseline, cfg.reward_transform)  # [B, N]
+    return policy_gradient_update(policy, ref, optimizer, roll, adv, cfg, None, generator)
 
 
-def train(
-    cfg: REINFORCEConfig | None = None,
-    policy: MetaPolicy | None = None,
-    ref: MetaPolicy | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> tuple[MetaPolicy, list[dict[str, Any]]]:
-    """Train a meta-policy with REINFORCE."""
-    trainer = Trainer("reinforce", cfg or REINFORCEConfig(), update, policy, ref, progress)
-    if resume:
-        trainer.resume()
-    return trainer.run()
+train = make_train("reinforce", REINFORCEConfig, update, doc="Train a meta-policy with REINFORCE.")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from algorithms.policy import MetaPolicy
+from algorithms.policy import MetaPolicy, sample
 from deliberation_env import VectorDeliberationEnv
 
 
@@ -48,21 +48,28 @@ class Rollout:
         return int(self.active.sum()) * self.obs.shape[2]
 
 
-def collect(env: VectorDeliberationEnv, policy: MetaPolicy, seed: int, group_size: int) -> Rollout:
+def collect(
+    env: VectorDeliberationEnv,
+    policy: MetaPolicy,
+    seed: int,
+    group_size: int,
+    generator: torch.Generator | None = None,
+) -> Rollout:
     """Play one episode in every env of `env` (built with ``autoreset=False``) with actions
-    sampled from `policy`; consecutive blocks of `group_size` envs form a group."""
+    sampled from `policy` with `generator` (None: torch's global generator); the env's own
+    randomness comes from `seed`. Consecutive blocks of `group_size` envs form a group."""
     if env.autoreset:
         raise ValueError("collect needs a VectorDeliberationEnv built with autoreset=False")
     obs, info = env.reset(seed=seed, options={"group_size": group_size})
     active = np.ones(env.num_envs, bool)
     steps: list[tuple] = []
-    final: dict = {}
+    final: dict[str, np.ndarray] = {}
     while active.any():
         mask = info["action_mask"]
         state = env.state()
         with torch.no_grad():
             dist = policy.distribution(torch.as_tensor(obs), torch.as_tensor(mask))
-            actions = dist.sample()
+            actions = sample(dist, generator)
             logp = dist.log_prob(actions)
         next_obs, rewards, done, _, info = env.step(actions.numpy())
         steps.append((obs, mask, actions.numpy(), logp.numpy(), rewards, active, state))

@@ -30,8 +30,9 @@ import supersuit as ss
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+from supersuit.vector.sb3_vector_wrapper import SB3VecEnvWrapper
 from tqdm.auto import tqdm
 
 import deliberation_env
@@ -48,8 +49,9 @@ class SeededVecEnv(VecEnvWrapper):
     SuperSuit and continue each env's seeded stream, so the whole run is deterministic.
     """
 
-    def __init__(self, venv: VecEnv) -> None:
+    def __init__(self, venv: SB3VecEnvWrapper) -> None:
         super().__init__(venv)
+        self.concat = venv.venv  # SuperSuit's ConcatVecEnv: the level that takes seeds
         self._seed: int | None = None
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
@@ -57,12 +59,12 @@ class SeededVecEnv(VecEnvWrapper):
             self._seed = None
             return [None] * self.num_envs
         self._seed = int(seed)
-        per_env = self.num_envs // len(self.venv.venv.vec_envs)
+        per_env = self.num_envs // len(self.concat.vec_envs)
         return [self._seed + i // per_env for i in range(self.num_envs)]
 
     def reset(self) -> np.ndarray:
         # SuperSuit's wrapper calls its inner reset without the seed: go one level down.
-        obs, infos = self.venv.venv.reset(seed=self._seed)
+        obs, infos = self.concat.reset(seed=self._seed)
         self._seed = None
         self.venv.reset_infos = self.reset_infos = list(infos)
         return obs

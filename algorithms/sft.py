@@ -2,15 +2,16 @@
 meta-policy on hindsight labels, and the two-stage pipeline (SFT, then RL with the KL
 trust region anchored at the SFT policy).
 
-Labels (DESIGN section 6, our reading of the paper): states are recorded while a
+Labels (docs/design_decisions.md#the-algorithms-choices, our reading of the paper): states are recorded while a
 behaviour protocol (uniform random by default, so every situation appears) plays; for
 each state and agent the label is the action with the best counterfactual reward that
-round, the peers' actions held fixed (`algorithms.hindsight.hindsight_labels`: exact for
+round, the peers' actions held fixed (`deliberation_env.counterfactual`: exact for
 PERSIST and CONCEDE, the backend's own draw for REFINE; ties go to the cheapest action).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from algorithms.common import TrainConfig, make_policy, optimise, split_tasks
-from algorithms.hindsight import hindsight_targets
 from algorithms.policy import MetaPolicy
+from deliberation_env.counterfactual import hindsight_targets
 
 
 @dataclass
@@ -71,7 +72,7 @@ def collect_dataset(cfg: SFTConfig, tasks: list, seed: int) -> Dataset:
     while active.any():
         mask = info["action_mask"]
         actions = behaviour.act(obs, mask)
-        labels, informative = hindsight_targets(env.core, actions, active)
+        labels, informative = hindsight_targets(env, actions, active)
         parts.append((obs[active], mask[active], labels[active], informative[active]))
         obs, _, _, _, info = env.step(actions)
         active = info["active"]
@@ -124,7 +125,10 @@ def train(
 
 
 def two_stage(
-    sft_cfg: SFTConfig, rl_train, rl_cfg: TrainConfig, progress: bool = True
+    sft_cfg: SFTConfig,
+    rl_train: Callable[..., tuple[MetaPolicy, list[dict[str, Any]]]],
+    rl_cfg: TrainConfig,
+    progress: bool = True,
 ) -> tuple[MetaPolicy, MetaPolicy, list[dict[str, Any]]]:
     """MPDF's pipeline: SFT, then RL (`rl_train`, e.g. `softrankpo.train`) starting from
     the SFT policy with its KL term anchored at the SFT policy. Returns (sft policy, RL

@@ -2,39 +2,47 @@
 rank-based normal scores of the rewards, so the update is invariant to any strictly
 increasing transform of the reward scale.
 
-Advantage (our reading of the paper, DESIGN section 9), for each group of G rollouts:
-mid-ranks with ties averaged -> normal scores ``ndtri((rank - 0.5) / G)`` (Hazen plotting
-position) -> centred -> divided by the group's std of the scores (zero for an all-tied
-group) -> divided by the temperature tau. Loss: PPO's clipped surrogate on these
-advantages plus ``beta * KL(pi || pi_ref)``. Advantages have zero mean, unit std times
-1/tau, and ``|A| <= ndtri(1 - 0.5/G) / (std * tau)`` for a group without ties (ties shift
-the scores' mean off 0 and widen the bound by that mean); or, with ``loss="rank_matching"``, the
-cross-entropy between softmax over the group of the scaled scores and softmax of the
-implicit reward ``beta * log(pi / pi_ref)`` of each rollout.
+Advantage (`algorithms.advantages.softrank`, our reading of the paper, docs/design_decisions.md#the-algorithms-choices),
+for each group of G rollouts: mid-ranks with ties averaged -> normal scores
+``ndtri((rank - 0.5) / G)`` (Hazen plotting position) -> centred -> divided by the group's
+std of the scores (zero for an all-tied group) -> divided by the temperature tau.
+Loss: PPO's clipped surrogate on these advantages plus ``beta * KL(pi || pi_ref)``; or,
+with ``loss="rank_matching"``, the cross-entropy between softmax over the group of the
+scaled scores and softmax of the implicit reward ``beta * log(pi / pi_ref)`` of each
+rollout, plus the same KL.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
-from scipy.special import ndtri
-from scipy.stats import rankdata
 
+from algorithms import advantages
 from algorithms.common import (
+    FlatBatch,
     TrainConfig,
-    Trainer,
+    approx_kl,
     grouped_advantages,
+    kl_to_reference,
+    log_stats,
+    mean_stats,
+    optimise,
     policy_gradient_update,
-    rows_of,
+    question_minibatches,
 )
 from algorithms.policy import MetaPolicy
 from algorithms.rollout import Rollout
+from algorithms.trainer import make_train
 
 LOSSES = ("clipped", "rank_matching")
+
+normal_scores = advantages.normal_scores
+"""`algorithms.advantages.normal_scores`, under its old import path."""
+softrank_advantages = advantages.softrank
+"""`algorithms.advantages.softrank`, under its old import path."""
 
 
 @dataclass
@@ -48,43 +56,11 @@ class SoftRankPOConfig(TrainConfig):
     """``"clipped"`` (surrogate on rank advantages) or ``"rank_matching"``."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.tau <= 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r} is not one of {LOSSES}")
-
-
-def _check_rewards(rewards: Any) -> np.ndarray:
-    r = np.asarray(rewards, dtype=np.float64)
-    if r.ndim == 0:
-        raise ValueError("rewards must have a group axis (last): shape [..., G]")
-    bad = ~np.isfinite(r)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"rewards contain {r[where]} at index {where}: group rewards must be finite; "
-            "check the reward function or the env's reward terms"
-        )
-    return r
-
-
-def normal_scores(rewards: Any) -> np.ndarray:
-    """Centred normal scores of the mid-ranks over the last axis, divided by their
-    group std (zero where the group is all ties). Pure; the core of SoftRankPO."""
-    r = _check_rewards(rewards)
-    G = r.shape[-1]
-    ranks = rankdata(r, axis=-1)  # mid-ranks: ties share the mean of their ranks
-    q = ndtri((ranks - 0.5) / G)
-    q = q - q.mean(-1, keepdims=True)
-    std = q.std(-1, keepdims=True)
-    return np.divide(q, std, out=np.zeros_like(q), where=std > 1e-12)
-
-
-def softrank_advantages(rewards: Any, tau: float = 0.8) -> np.ndarray:
-    """SoftRankPO advantages ``[..., G]`` from group rewards ``[..., G]``."""
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    return normal_scores(rewards) / tau
 
 
 def rank_matching_loss(
@@ -92,23 +68,57 @@ def rank_matching_loss(
     ref_logits: torch.Tensor,
     roll: Rollout,
     questions: np.ndarray,
+    rows: torch.Tensor,
     targets: np.ndarray,
     beta: float,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy between softmax_g(targets) and softmax_g(beta * log pi/pi_ref summed
-    over the rollout's rounds), for each (question, agent) of `questions`."""
+    over the rollout's rounds), for each (question, agent) of `questions`; `rows` are the
+    flat indices of their rounds, `logits` and `ref_logits` those rows' logits.
+
+    Diagnostic: ``top1_agreement``, the share of groups whose highest implicit reward is
+    the rollout with the highest target."""
     T, B, N = roll.actions.shape
     G = roll.group_size
-    idx = rows_of(roll, questions)
-    actions = torch.as_tensor(roll.actions.reshape(T * B, N)[idx])
+    actions = torch.as_tensor(roll.actions.reshape(T * B, N))[rows]
     logp = logits.log_softmax(-1).gather(-1, actions[..., None])[..., 0]
     ref = ref_logits.log_softmax(-1).gather(-1, actions[..., None])[..., 0]
-    env = torch.as_tensor(idx % B)
+    env = rows % B
     implicit = torch.zeros(B, N).index_add(0, env, beta * (logp - ref))  # [B, N]
     envs = torch.as_tensor((questions[:, None] * G + np.arange(G)).ravel())
     implicit = implicit[envs].reshape(len(questions), G, N)
     target = torch.as_tensor(targets.reshape(-1, G, N)[questions], dtype=torch.float32)
-    return -(target.softmax(1) * implicit.log_softmax(1)).sum(1).mean()
+    loss = -(target.softmax(1) * implicit.log_softmax(1)).sum(1).mean()
+    with torch.no_grad():
+        top1 = (implicit.argmax(1) == target.argmax(1)).float().mean()
+    return loss, {"top1_agreement": float(top1)}
+
+
+def rank_matching_update(
+    policy: MetaPolicy,
+    ref: MetaPolicy,
+    optimizer: torch.optim.Optimizer,
+    roll: Rollout,
+    adv: np.ndarray,
+    cfg: SoftRankPOConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Epochs of minibatch steps on the rank-matching loss plus ``beta * KL`` minus the
+    entropy bonus."""
+    batch = FlatBatch.of(roll)
+    ref_logits = batch.logits(ref)
+    log: dict[str, list[float]] = {}
+    for questions, idx in question_minibatches(roll, cfg.epochs, cfg.minibatches, generator):
+        logits = policy(batch.obs[idx], batch.masks[idx])
+        dist = torch.distributions.Categorical(logits=logits)
+        rm, stats = rank_matching_loss(logits, ref_logits[idx], roll, questions, idx, adv, cfg.beta)
+        kl = kl_to_reference(logits, ref_logits[idx])
+        entropy = dist.entropy().mean()
+        loss = rm + cfg.beta * kl - cfg.entropy_coef * entropy
+        stats["approx_kl"] = approx_kl(dist.log_prob(batch.actions[idx]), batch.logp_old[idx])
+        grad_norm = optimise(policy, optimizer, loss, cfg.max_grad_norm)
+        log_stats(log, stats, loss=loss, pg_loss=rm, kl=kl, entropy=entropy, grad_norm=grad_norm)
+    return mean_stats(log)
 
 
 def update(
@@ -117,38 +127,22 @@ def update(
     optimizer: torch.optim.Optimizer,
     roll: Rollout,
     cfg: SoftRankPOConfig,
+    generator: torch.Generator,
 ) -> dict[str, float]:
     """One SoftRankPO update on a batch of grouped rollouts."""
-    adv = grouped_advantages(roll, partial(softrank_advantages, tau=cfg.tau))
-    extra = None
-    if cfg.loss == "rank_matching":
-        T, B, N, D = roll.obs.shape
-        with torch.no_grad():
-            ref_logits = ref(
-                torch.as_tensor(roll.obs.reshape(T * B, N, D)),
-                torch.as_tensor(roll.masks.reshape(T * B, N, 3)),
-            )
-
-        def extra(logits, roll, questions):
-            idx = torch.as_tensor(rows_of(roll, questions))
-            return rank_matching_loss(logits, ref_logits[idx], roll, questions, adv, cfg.beta)
-
-    stats = policy_gradient_update(
-        policy, ref, optimizer, roll, adv, cfg, clip=cfg.clip, extra_loss=extra
-    )
+    softrank = partial(advantages.softrank, tau=cfg.tau)
+    adv = grouped_advantages(roll, softrank, cfg.reward_transform)  # [B, N]
+    if cfg.loss == "clipped":
+        stats = policy_gradient_update(policy, ref, optimizer, roll, adv, cfg, cfg.clip, generator)
+    else:
+        stats = rank_matching_update(policy, ref, optimizer, roll, adv, cfg, generator)
     return {**stats, "adv_std": float(adv.std())}
 
 
-def train(
-    cfg: SoftRankPOConfig | None = None,
-    policy: MetaPolicy | None = None,
-    ref: MetaPolicy | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> tuple[MetaPolicy, list[dict[str, Any]]]:
-    """Train a meta-policy with SoftRankPO; `policy`/`ref` give the two-stage pipeline's
-    SFT start and KL anchor."""
-    trainer = Trainer("softrankpo", cfg or SoftRankPOConfig(), update, policy, ref, progress)
-    if resume:
-        trainer.resume()
-    return trainer.run()
+train = make_train(
+    "softrankpo",
+    SoftRankPOConfig,
+    update,
+    doc="""Train a meta-policy with SoftRankPO; `policy`/`ref` give the two-stage pipeline's
+    SFT start and KL anchor; `resume` continues from ``cfg.out``'s checkpoint.""",
+)

@@ -15,7 +15,6 @@ absolute numbers across machines.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pettingzoo
+from _report import targets_table, write_report  # benchmarks/ is on sys.path (a script)
 
 import deliberation_env
 from deliberation_env import VectorDeliberationEnv
@@ -283,8 +283,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['name']} | {r['num_envs']} x {r['num_agents']} | {r['steps_per_s']:,.0f} "
             f"| {r['agent_steps_per_s']:,.0f} | {ratio} |"
         )
-    lines += ["", "| target | measured | result |", "|---|---:|---|"]
-    lines += [f"| {t['target']} | {t['text']} | {t['result']} |" for t in report["targets"]]
+    lines += targets_table(report["targets"])
     m = report["machine"]
     lines += [
         "",
@@ -318,10 +317,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     report = run(args)
-    print(markdown(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_report(report, args.out, markdown(report))
 
 
 if __name__ == "__main__":

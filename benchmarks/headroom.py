@@ -20,16 +20,13 @@ from scipy.stats import mannwhitneyu
 
 from algorithms.heuristics import make_protocol
 from deliberation_env import VectorDeliberationEnv
+from deliberation_env.config import DEFAULT_PROFILE
 
 
 def play(policy, env: VectorDeliberationEnv, seed: int) -> tuple[np.ndarray, dict]:
-    """Final team correctness per env, and the initial state's arrays."""
+    """Final team correctness per env, and the initial solutions' arrays."""
     obs, info = env.reset(seed=seed)
-    s = env.core.state
-    initial = {
-        k: getattr(s, k).copy()
-        for k in ("answer", "correct", "self_confidence", "judge_confidence", "logprob_confidence")
-    }
+    initial = env.solution_arrays()
     if hasattr(policy, "bind"):
         policy.bind(env)
     while env.active.any():
@@ -55,7 +52,7 @@ def auroc(score: np.ndarray, label: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--profile", default="llama3.1-8b/gsm8k")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE)
     parser.add_argument("--episodes", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy", help="a trained policy.pt to place beside the protocols")
@@ -74,7 +71,8 @@ def main() -> None:
 
         methods["policy"] = MetaPolicy.load(args.policy)
     methods["oracle"] = make_protocol("oracle")
-    finals, initial = {}, None
+    finals: dict[str, np.ndarray] = {}
+    initial: dict[str, np.ndarray] = {}
     for name, policy in methods.items():
         finals[name], initial = play(policy, env, args.seed)
     pat = patterns(initial["answer"])

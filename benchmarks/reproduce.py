@@ -1,8 +1,8 @@
-"""Run every reproduction experiment of the MPDF paper (`algorithms.reproduce`) at one
+"""Run every reproduction experiment of the MPDF paper (`experiments.reproduce`) at one
 budget and print a summary: wall time and the key figure of each, beside the paper's.
 
     python benchmarks/reproduce.py                       # quick budget, runs/reproduce/
-    python benchmarks/reproduce.py --budget full --out runs/reproduce-full
+    python benchmarks/reproduce.py --budget paper --out runs/reproduce-paper
     python benchmarks/reproduce.py --experiments tokens action-shift
 
 The experiments run one after the other in one process, so trained policies are shared
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from algorithms.reproduce import EXPERIMENTS, PAPER, SIMULATED_NOTE, run_experiment
+from experiments.paper.setup import PAPER, SIMULATED_NOTE
+from experiments.reproduce import EXPERIMENTS, run_experiment
 
 PAPER_FIGURE = {
     "main-table": "avg accuracy 55.74% (SoftRankPO) vs 51.60% (strongest baseline)",
@@ -37,7 +38,9 @@ PAPER_FIGURE = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", default="quick", help="quick (default) or full")
+    parser.add_argument(
+        "--budget", default="quick", help="an experiments.budgets name: quick (default) or paper"
+    )
     parser.add_argument("--out", default="runs/reproduce")
     parser.add_argument("--profile", default="llama3.1-8b", help="the backbone")
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))

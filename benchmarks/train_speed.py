@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from algorithms.experiments import PRESETS, method_config
 from algorithms.registry import get_algorithm
+from experiments.budgets import BUDGETS
+from experiments.pipeline import method_config
 
 OUT = Path(__file__).resolve().parents[1] / "runs" / "bench" / "train_speed.json"
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    preset = PRESETS["quick"]
+    preset = BUDGETS["quick"]
     preset = type(preset)(**{**preset.__dict__, "updates": args.updates})
     rows = []
     for name in args.methods:

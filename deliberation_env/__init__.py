@@ -4,11 +4,12 @@
 trainers; ``deliberation_env.protocol.Backend`` is the port real LLMs plug into.
 """
 
-from deliberation_env.core import Action, EnvConfig
+from deliberation_env.actions import Action
+from deliberation_env.config import EnvConfig
 from deliberation_env.env import DeliberationEnv
 from deliberation_env.protocol import Backend, RefineRequest, Solution, SolveRequest
 from deliberation_env.registration import ENV_ID, env, parallel_env, raw_env, register_envs
-from deliberation_env.tasks import Task, load_tasks, verify
+from deliberation_env.tasks import Task, load_tasks, train_eval_split, verify
 from deliberation_env.vector import VectorDeliberationEnv
 
 register_envs()
@@ -29,6 +30,7 @@ __all__ = [
     "parallel_env",
     "raw_env",
     "register_envs",
+    "train_eval_split",
     "verify",
 ]
 __version__ = "0.1.0"

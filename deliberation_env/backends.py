@@ -1,4 +1,5 @@
-"""Backends by name, and the adapter that lets any text `Backend` drive the array core.
+"""Backends by name, building the backend of an `EnvConfig`, and the adapter that lets any
+text `Backend` drive the array core.
 
 The registry maps a name to ``"module:attribute"`` and imports it only when asked, so
 ``deliberation_env`` never imports ``agents`` (or torch, or an HTTP client) by itself.
@@ -6,6 +7,7 @@ The registry maps a name to ``"module:attribute"`` and imports it only when aske
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from deliberation_env.core import EnvConfig
+from deliberation_env.config import FIELD_NAMES, EnvConfig
 from deliberation_env.protocol import (
     UNPARSED,
     Backend,
@@ -25,6 +27,7 @@ from deliberation_env.protocol import (
     SolveRequest,
 )
 from deliberation_env.rng import seeds
+from deliberation_env.tasks import load_tasks, normalize_answer, verify
 from deliberation_env.tasks.task import Task
 
 BACKENDS: dict[str, str | Callable[..., Any]] = {}
@@ -58,35 +61,26 @@ def _resolve(name: str) -> Callable[..., Any]:
 
 
 def make_backend(backend: Any, profile: str | None = None, **kwargs: Any) -> BatchBackend:
-    """A `BatchBackend` from a name, a `BatchBackend` or a text `Backend` instance."""
+    """A `BatchBackend` from a name, a `BatchBackend` or a text `Backend` instance.
+
+    `profile` reaches a named factory only if it has a ``profile`` parameter (the
+    simulator); `kwargs` must fit the factory's signature, else a `ValueError` names them.
+    """
     if isinstance(backend, str):
         factory = _resolve(backend)
-        if backend == "simulated" and profile is not None:
+        params = inspect.signature(factory).parameters
+        if profile is not None and "profile" in params:
             kwargs.setdefault("profile", profile)
         try:
             inspect.signature(factory).bind(**kwargs)
         except TypeError as err:
-            params = inspect.signature(factory).parameters
-            accepted = [p for p in params if p != "self"]
-            required = [
-                n for n, p in params.items()
-                if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                and n not in kwargs
-            ]  # fmt: skip
-            if required:
-                raise ValueError(
-                    f"backend {backend!r} needs {', '.join(f'{n}=' for n in required)}: pass it "
-                    f"to the env, e.g. parallel_env(backend={backend!r}, {required[0]}=...)"
-                ) from None
-            raise ValueError(
-                f"backend {backend!r} does not take {sorted(kwargs)} ({err}); it accepts "
-                f"{accepted}; env arguments are {sorted(EnvConfig.__dataclass_fields__)}"
-            ) from None
+            raise _signature_error(backend, params, kwargs, err) from None
         backend = factory(**kwargs)
     elif kwargs:
         raise ValueError(
             f"backend arguments {sorted(kwargs)} were given with a backend instance; "
-            "configure the instance instead"
+            "configure the instance instead (env arguments are "
+            f"{sorted(FIELD_NAMES - {'backend_kwargs'})})"
         )
     if hasattr(backend, "solve_batch"):
         return backend
@@ -96,6 +90,48 @@ def make_backend(backend: Any, profile: str | None = None, **kwargs: Any) -> Bat
         f"{type(backend).__name__} is not a backend: implement solve/refine "
         "(deliberation_env.protocol.Backend) or solve_batch/refine_batch (BatchBackend)"
     )
+
+
+def _signature_error(name: str, params: Any, kwargs: dict[str, Any], err: TypeError) -> ValueError:
+    """The error for arguments a backend factory does not take: names them, what the
+    factory accepts, and the env's own arguments (where a misspelled field belongs)."""
+    accepted = [p for p in params if p != "self"]
+    required = [
+        n for n, p in params.items()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in kwargs
+    ]  # fmt: skip
+    if required:
+        return ValueError(
+            f"backend {name!r} needs {', '.join(f'{n}=' for n in required)}: pass it "
+            f"to the env, e.g. parallel_env(backend={name!r}, {required[0]}=...)"
+        )
+    unknown = sorted(k for k in kwargs if k not in params) or sorted(kwargs)
+    return ValueError(
+        f"backend {name!r} does not take {unknown} ({err}); it accepts "
+        f"{accepted}; env arguments are {sorted(FIELD_NAMES)}"
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _load_spec(spec: str) -> tuple[Task, ...]:
+    return tuple(load_tasks(spec))
+
+
+def make_backend_for(config: EnvConfig) -> tuple[BatchBackend, list[Task]]:
+    """Build the backend of `config` (bound to its tasks) and its task list."""
+    tasks = list(_load_spec(config.tasks) if isinstance(config.tasks, str) else config.tasks)
+    if not tasks:
+        raise ValueError(f"tasks={config.tasks!r} gave no tasks; pass a non-empty task source")
+    backend = make_backend(config.backend, profile=config.profile, **config.backend_kwargs)
+    backend.bind(tasks, config.num_agents)
+    return backend, tasks
+
+
+def unwrap(backend: BatchBackend) -> Any:
+    """The backend object a user configured: the text `Backend` behind the adapter, or
+    the `BatchBackend` itself."""
+    return backend.backend if isinstance(backend, TextBackendAdapter) else backend
 
 
 class TextBackendAdapter:
@@ -150,8 +186,6 @@ class TextBackendAdapter:
             close()
 
     def _answer_id(self, task_index: int, answer: str | None) -> tuple[int, bool]:
-        from deliberation_env.tasks import normalize_answer, verify
-
         task = self.tasks[task_index]
         norm = normalize_answer(task.kind, answer) if answer is not None else None
         if norm is None:

@@ -6,111 +6,22 @@ views over this one implementation; per-agent dicts are built only at their API 
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from enum import IntEnum
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import cast
 
 import numpy as np
 
 from deliberation_env import rng, voting
+from deliberation_env.actions import NUM_ACTIONS, Action
+from deliberation_env.backends import make_backend_for, unwrap
+from deliberation_env.config import EnvConfig, check_int
 from deliberation_env.observation import ObservationLayout, agent_features, build_observations
-from deliberation_env.protocol import UNPARSED, BatchBackend, BatchView, SolutionBatch
-from deliberation_env.rewards import REWARDS, consensus_terms, terminal_terms, token_cost_term
+from deliberation_env.protocol import UNPARSED, BatchBackend, BatchView, Solution, SolutionBatch
+from deliberation_env.rewards import consensus_terms, terminal_terms, token_cost_term
 from deliberation_env.tasks.task import Task
-
-
-class Action(IntEnum):
-    """The meta-cognitive actions (MPDF)."""
-
-    PERSIST = 0
-    """Keep my answer; no LLM call."""
-    REFINE = 1
-    """The LLM revises my solution, seeing my peers' solutions."""
-    CONCEDE = 2
-    """Adopt a peer's solution (chosen by `concede_rule`)."""
-
-
-NUM_ACTIONS = len(Action)
-ACTION_HELP = ", ".join(f"{a.value}={a.name}" for a in Action)
-CONCEDE_RULES = ("plurality", "most_confident")
-DEFAULT_PROFILE = "llama3.1-8b/gsm8k"
 
 # Tags that separate the random streams of one episode key.
 _EPISODE, _INIT, _TASK, _SOLVE, _REFINE, _TIE = range(1, 7)
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    """Everything that defines a deliberation env; picklable, so envs can be copied."""
-
-    num_agents: int = 3
-    """N, agents answering each question (paper: 3)."""
-    max_rounds: int = 3
-    """T, deliberation rounds after the initial answers (paper: 3)."""
-    backend: Any = "simulated"
-    """A registered backend name (``"simulated"``, ``"hf"``, ``"openai"``) or an instance."""
-    profile: str = DEFAULT_PROFILE
-    """Simulated backend profile, ``"backbone/benchmark"`` or ``"toy"``."""
-    tasks: Any = "arithmetic"
-    """A `load_tasks` spec (``"arithmetic"``, ``"gsm8k:PATH"``, ...) or a sequence of `Task`."""
-    concede_rule: str = "plurality"
-    """Whom CONCEDE copies: ``"plurality"`` (the answer most peers hold, its most confident
-    holder) or ``"most_confident"`` (the most confident peer)."""
-    tie_break: str = "confidence"
-    """Plurality ties: ``"confidence"`` (summed confidence), ``"first"`` or ``"random"``."""
-    vote: str = "plurality"
-    """Team answer: ``"plurality"`` (most holders, the paper's) or ``"weighted"`` (highest
-    summed verbalised confidence, as RECONCILE; holders count breaks ties)."""
-    reward: str = "consensus"
-    """``"consensus"`` (per-round shaping, the paper's) or ``"terminal"`` (team correctness)."""
-    w_local: float = 1.0
-    """Weight of the agent's own change in correctness."""
-    w_global: float = 1.0
-    """Weight of the agent's marginal contribution to the team vote."""
-    token_cost: float = 0.0
-    """Reward subtracted per 1k tokens an agent spends in a round."""
-    stop_on_consensus: bool = False
-    """End the episode as soon as every agent holds the same parsed answer."""
-    max_peers: int = 4
-    """Peer slots in the observation; fixes its size whatever N is (N <= max_peers + 1)."""
-    backend_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    """Extra arguments for the backend factory (model, base_url, cache, ...)."""
-
-    def __post_init__(self) -> None:
-        _check_int("num_agents", self.num_agents, 1)
-        _check_int("max_rounds", self.max_rounds, 1)
-        _check_int("max_peers", self.max_peers, 0)
-        if self.num_agents > self.max_peers + 1:
-            raise ValueError(
-                f"num_agents={self.num_agents} needs max_peers >= {self.num_agents - 1} "
-                f"(got max_peers={self.max_peers}); pass max_peers={self.num_agents - 1}"
-            )
-        for name, value, valid in (
-            ("concede_rule", self.concede_rule, CONCEDE_RULES),
-            ("tie_break", self.tie_break, voting.TIE_BREAKS),
-            ("reward", self.reward, REWARDS),
-            ("vote", self.vote, voting.VOTES),
-        ):
-            if value not in valid:
-                raise ValueError(f"{name}={value!r} is not one of {valid}")
-        if self.token_cost < 0:
-            raise ValueError(f"token_cost must be >= 0, got {self.token_cost}")
-
-
-def check_seed(seed: Any) -> int:
-    """A seed as an int in [0, 2**64), or a ValueError that says so."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be a non-negative integer (or None), got {seed!r}")
-    if not 0 <= int(seed) < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    return int(seed)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -181,7 +92,7 @@ class StepResult:
     team_correct: np.ndarray  # bool [B]
 
 
-def episode_keys(base: np.ndarray, episode: np.ndarray, leader: np.ndarray) -> tuple:
+def derive_keys(base: np.ndarray, episode: np.ndarray, leader: np.ndarray) -> tuple:
     """(dynamics key, initial-solution key) of episode `episode` for each env.
 
     Envs that share a `leader` draw the same task and initial solutions (a group of
@@ -192,50 +103,36 @@ def episode_keys(base: np.ndarray, episode: np.ndarray, leader: np.ndarray) -> t
     return key, init
 
 
-@functools.lru_cache(maxsize=32)
-def _load_spec(spec: str) -> tuple[Task, ...]:
-    from deliberation_env.tasks import load_tasks
-
-    return tuple(load_tasks(spec))
-
-
-def make_backend_for(config: EnvConfig) -> tuple[BatchBackend, list[Task]]:
-    """Build the backend and task list of a config."""
-    from deliberation_env.backends import make_backend
-
-    tasks = list(_load_spec(config.tasks) if isinstance(config.tasks, str) else config.tasks)
-    if not tasks:
-        raise ValueError(f"tasks={config.tasks!r} gave no tasks; pass a non-empty task source")
-    kwargs = dict(config.backend_kwargs)
-    profile = kwargs.pop("profile", config.profile)  # either place names the profile
-    backend = make_backend(config.backend, profile=profile, **kwargs)
-    backend.bind(tasks, config.num_agents)
-    return backend, tasks
-
-
 class DeliberationCore:
     """B independent deliberation episodes advanced in lock-step."""
 
     def __init__(self, config: EnvConfig, num_envs: int) -> None:
-        _check_int("num_envs", num_envs, 1)
+        check_int("num_envs", num_envs, 1)
         self.config = config
         self.num_envs = num_envs
         self.num_agents = config.num_agents
         self.layout = ObservationLayout(config.max_peers)
         self.state = State.empty(num_envs, config.num_agents)
-        self.backend: BatchBackend | None = None
+        self._backend: BatchBackend | None = None
         self.tasks: list[Task] = []
-        self._same: np.ndarray | None = None
-        self._winner: np.ndarray | None = None
         self._arange = np.arange(config.num_agents)
         self._action_ids = np.arange(NUM_ACTIONS)
-        self.round_tokens = np.zeros((num_envs, config.num_agents), np.int64)
+        self.round_tokens: np.ndarray = np.zeros((num_envs, config.num_agents), np.int64)
         """Tokens each agent spent in the last reset or step ``[B, N]``."""
+        self._same: np.ndarray
+        self._winner: np.ndarray
+        self._vote()
 
     # ------------------------------------------------------------------ lifecycle
-    def ensure_backend(self) -> None:
-        if self.backend is None:
-            self.backend, self.tasks = make_backend_for(self.config)
+    def ensure_backend(self) -> BatchBackend:
+        """The backend, built (and bound to the tasks) on first use."""
+        if self._backend is None:
+            self._backend, self.tasks = make_backend_for(self.config)
+        return self._backend
+
+    @property
+    def backend(self) -> BatchBackend:
+        return self.ensure_backend()
 
     def reset(
         self,
@@ -249,7 +146,7 @@ class DeliberationCore:
         `keys`/`init_keys` ([len(envs)]) seed the dynamics and the initial draw (task and
         initial solutions); `task_index` overrides the task choice.
         """
-        self.ensure_backend()
+        backend = self.ensure_backend()
         s, N = self.state, self.num_agents
         envs = np.arange(self.num_envs) if envs is None else np.asarray(envs)
         if task_index is None:
@@ -279,7 +176,7 @@ class DeliberationCore:
             keys=rng.derive(np.repeat(init_keys, N), _SOLVE, a),
             state=s,
         )
-        batch = self.backend.solve_batch(view)
+        batch = backend.solve_batch(view)
         self._write(batch, b, a)
         self.round_tokens[envs] = (batch.prompt_tokens + batch.completion_tokens).reshape(-1, N)
         s.tokens[envs] = voting.sum_small(self.round_tokens[envs], 1, np.int64)
@@ -347,10 +244,10 @@ class DeliberationCore:
         self.round_tokens = tokens.copy()  # reset() writes into it; results keep theirs
 
         self._vote()
-        team_correct = voting.winner_correct(s.correct, self._winner)
+        team_correct = self.team_correct()
         done = s.round >= cfg.max_rounds
         if cfg.stop_on_consensus:
-            done |= self._same.all(axis=(1, 2))
+            done |= self.consensus()
         if active is not None:
             done |= ~active
 
@@ -371,15 +268,14 @@ class DeliberationCore:
         terms["token_cost"] = token_cost_term(tokens, cfg.token_cost)
         if active is not None:
             terms = {k: v * active[:, None] for k, v in terms.items()}
-        rewards = sum(terms.values())
+        rewards = cast(np.ndarray, sum(terms.values()))
         return StepResult(rewards, terms, tokens, done, team_correct)
 
     # ------------------------------------------------------------------ counterfactuals
     def spawn(self, num_envs: int) -> DeliberationCore:
         """A scratch core of `num_envs` envs sharing this one's config, backend and tasks."""
-        self.ensure_backend()
         other = DeliberationCore(self.config, num_envs)
-        other.backend, other.tasks = self.backend, self.tasks
+        other._backend, other.tasks = self.ensure_backend(), self.tasks
         return other
 
     def get_rows(self, envs: np.ndarray) -> State:
@@ -439,6 +335,23 @@ class DeliberationCore:
         """``[B]`` index of an agent holding the team answer (-1 when none)."""
         return self._winner
 
+    def team_correct(self) -> np.ndarray:
+        """``[B]`` bool: the team answer of the current state is correct."""
+        return voting.winner_correct(self.state.correct, self._winner)
+
+    def consensus(self) -> np.ndarray:
+        """``[B]`` bool: every agent holds the same parsed answer."""
+        return np.asarray(self._same.all(axis=(1, 2)))
+
+    def solutions(self, env: int) -> list[Solution | None]:
+        """The `Solution` records of env `env`'s agents (None for array backends)."""
+        return list(self.state.records[env])
+
+    def user_backend(self) -> object:
+        """The backend as configured: a text `Backend` without its adapter, or the
+        `BatchBackend` itself."""
+        return unwrap(self.ensure_backend())
+
     def answer_text(self, env: int, agent: int) -> str | None:
         s = self.state
         return self.backend.answer_text(int(s.task_index[env]), int(s.answer[env, agent]))
@@ -481,70 +394,3 @@ class DeliberationCore:
         score = np.where(valid, score, -np.inf)
         target = np.argmax(score, axis=-1)
         return np.where(valid.any(-1), target, -1)
-
-
-def validate_actions(
-    actions: Mapping[Any, Any], agents: Sequence[str], fix: str = "pass one action per agent"
-) -> np.ndarray:
-    """Check an actions dict against the live agents and return ``int64 [N]``.
-
-    Raises a `ValueError` naming the culprit and the valid range.
-    """
-    if not isinstance(actions, Mapping):
-        raise ValueError(
-            f"actions must be a dict {{agent: action}} for agents {list(agents)}, "
-            f"got {type(actions).__name__}"
-        )
-    missing = [a for a in agents if a not in actions]
-    extra = [a for a in actions if a not in agents]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing}")
-        if extra:
-            parts.append(f"unknown or finished agents {extra}")
-        raise ValueError(f"actions dict: {'; '.join(parts)}; live agents are {list(agents)}: {fix}")
-    out = np.empty(len(agents), np.int64)
-    for i, agent in enumerate(agents):
-        out[i] = _as_action(agent, actions[agent])
-    return out
-
-
-def _as_action(agent: str, value: Any) -> int:
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value.item()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(
-            f"{agent}: action {value!r} ({type(value).__name__}) is not an integer in "
-            f"Discrete({NUM_ACTIONS}) ({ACTION_HELP})"
-        )
-    if not 0 <= value < NUM_ACTIONS:
-        raise ValueError(
-            f"{agent}: action {value} is not in Discrete({NUM_ACTIONS}) ({ACTION_HELP})"
-        )
-    return int(value)
-
-
-def check_action_array(actions: Any, shape: tuple[int, int]) -> np.ndarray:
-    """Validate a vector env's action array ``[B, N]`` of ints in 0..2."""
-    arr = np.asarray(actions)
-    if arr.shape != shape:
-        raise ValueError(f"actions must have shape {shape} (num_envs, num_agents), got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        if (
-            np.issubdtype(arr.dtype, np.floating)
-            and np.all(np.isfinite(arr))
-            and np.all(arr == np.round(arr))
-        ):
-            arr = arr.astype(np.int64)
-        else:
-            raise ValueError(
-                f"actions must be integers in Discrete({NUM_ACTIONS}) ({ACTION_HELP}), got dtype {arr.dtype}"
-            )
-    bad = (arr < 0) | (arr >= NUM_ACTIONS)
-    if bad.any():
-        e, a = np.argwhere(bad)[0]
-        raise ValueError(
-            f"env {e}, agent_{a}: action {arr[e, a]} is not in Discrete({NUM_ACTIONS}) ({ACTION_HELP})"
-        )
-    return arr

@@ -1,16 +1,20 @@
-"""
+r"""
 # Deliberation
 
-| | |
-|---|---|
+.. spec:header, generated from the code
+
+|  |  |
+| --- | --- |
 | Import | `from deliberation_env import parallel_env` (AEC: `deliberation_env.env`) |
 | Registry id | `deliberation/Deliberation-v0` (`pettingzoo.make("parallel", ...)`, `"aec"`) |
 | Actions | Discrete(3) |
 | Parallel API | Yes |
 | Agents | `agents = ['agent_0', 'agent_1', 'agent_2']` (N = `num_agents`) |
-| Observation shape | (81,) with `max_peers=4` (does not depend on N) |
+| Observation shape | (81,) with `max_peers=4` (whatever N) |
 | Observation values | [0, 1] |
 | State shape | (80,) with `max_peers=4` |
+
+.. /spec:header
 
 ## Description
 
@@ -18,11 +22,15 @@ The Meta-Policy Deliberation Framework (MPDF; Yang & Thomason, "Learning to Deli
 arXiv 2509.03817). N LLM agents answer the same question. At reset each produces an
 initial solution (one batched backend call). Then, for `max_rounds` rounds, every agent
 simultaneously chooses a meta-cognitive action. After the last round the team answer is
-the plurality of the agents' answers. The policy acting here is a *meta-policy*: it sees
-a low-dimensional state (agreement, confidences, reasoning profile), never the text, and
-the LLM behind the agents stays frozen. The default backend is a calibrated simulator
-(`agents.simulated`), so an episode costs microseconds; real LLMs plug in through
-`deliberation_env.protocol.Backend`.
+the plurality of the agents' answers (`vote`). The policy acting here is a *meta-policy*:
+it sees a low-dimensional state (agreement, confidences, reasoning profile), never the
+text, and the LLM behind the agents stays frozen. The default backend is a calibrated
+simulator (`agents.simulated`), so an episode costs microseconds; real LLMs plug in
+through `deliberation_env.protocol.Backend`.
+
+This docstring is the spec (`python -m deliberation_env.spec` prints it). The tables
+between `.. spec:NAME` lines are generated from the code by
+`python -m deliberation_env.spec --write`, and the test suite fails when they drift.
 
 ## Actions
 
@@ -41,44 +49,129 @@ CONCEDE played anyway is a PERSIST.
 
 ## Observation
 
-A flat `Box(0, 1, (size,), float32)`: the agent's own block, summary statistics of its
-peers, then one block per peer slot (`max_peers`, padded with zeros and a `present`
-flag). The full table is `deliberation_env.observation` (`ObservationLayout(max_peers)
-.names()` lists every entry). Own block: support (share of agents holding my answer),
-distinct answers / N, whether I hold the team answer, round / T, my verbalised, judge and
-log-prob confidences, reasoning steps and operators, answer parsed, answer changed last
-round, last action. Peer blocks: present, agrees with me, in the plurality, and the same
-per-agent features. `obs_mode="dict"` gives `{"observation": ..., "action_mask": int8[3]}`.
+The agent's own block, summary statistics of its peers, then one block per peer slot.
+The policy never sees text, answers or correctness. `ObservationLayout(max_peers)` in
+`deliberation_env.observation` holds this table (`.names()`, `.index(name)`);
+`obs_mode="dict"` gives `{"observation": ..., "action_mask": int8[3]}`.
+
+.. spec:observation, generated from deliberation_env/observation.py
+
+`Box(0, 1, (25 + 14 * max_peers,), float32)`: 81 entries with `max_peers=4`, whatever N. Peer slot p (0 <= p < max_peers) holds the agent's p-th peer in cyclic order (`agent_{i+p+1}`); empty slots are zeros. `state()` stacks, for each of the max_peers + 1 agent slots, a presence flag and that agent's own block: 80 entries.
+
+| index | name | meaning | range |
+| ---: | --- | --- | --- |
+| 0 | `own.support` | fraction of agents (me included) whose answer equals mine | [0, 1] |
+| 1 | `own.distinct` | number of distinct parsed answers / N | [0, 1] |
+| 2 | `own.in_plurality` | 1 if my answer is the current team (plurality) answer | {0, 1} |
+| 3 | `own.round` | rounds played / max_rounds | [0, 1] |
+| 4 | `own.self_confidence` | verbalised confidence | [0, 1] |
+| 5 | `own.judge_confidence` | a critic's estimate of correctness | [0, 1] |
+| 6 | `own.logprob_confidence` | answer log-prob confidence; 0 where the backend has none | [0, 1] |
+| 7 | `own.has_logprob` | 1 if the backend reports log-prob confidence | {0, 1} |
+| 8 | `own.steps` | reasoning steps / 20, clipped to 1 | [0, 1] |
+| 9 | `own.operators` | operations / 40, clipped to 1 | [0, 1] |
+| 10 | `own.parsed` | 1 if the answer could be parsed | {0, 1} |
+| 11 | `own.changed` | 1 if the answer changed in the last round | {0, 1} |
+| 12 | `own.last_persist` | 1 if the last action was PERSIST (all three 0 in round 0) | {0, 1} |
+| 13 | `own.last_refine` | 1 if the last action was REFINE | {0, 1} |
+| 14 | `own.last_concede` | 1 if the last action was CONCEDE | {0, 1} |
+| 15 | `summary.peer_agree` | fraction of peers whose answer equals mine | [0, 1] |
+| 16 | `summary.peer_self_confidence_mean` | mean verbalised confidence of peers | [0, 1] |
+| 17 | `summary.peer_self_confidence_max` | max verbalised confidence of peers | [0, 1] |
+| 18 | `summary.peer_judge_confidence_mean` | mean judge confidence of peers | [0, 1] |
+| 19 | `summary.peer_judge_confidence_max` | max judge confidence of peers | [0, 1] |
+| 20 | `summary.peer_changed` | fraction of peers whose answer changed last round | [0, 1] |
+| 21 | `summary.peer_last_persist` | fraction of peers whose last action was PERSIST | [0, 1] |
+| 22 | `summary.peer_last_refine` | fraction of peers whose last action was REFINE | [0, 1] |
+| 23 | `summary.peer_last_concede` | fraction of peers whose last action was CONCEDE | [0, 1] |
+| 24 | `summary.num_agents` | N / (max_peers + 1) | [0, 1] |
+| 25 + 14p | `peer{p}.present` | 1 if this peer slot holds an agent | {0, 1} |
+| 26 + 14p | `peer{p}.agrees` | 1 if this peer's answer equals mine | {0, 1} |
+| 27 + 14p | `peer{p}.in_plurality` | 1 if this peer's answer is the current team answer | {0, 1} |
+| 28 + 14p | `peer{p}.self_confidence` | verbalised confidence | [0, 1] |
+| 29 + 14p | `peer{p}.judge_confidence` | a critic's estimate of correctness | [0, 1] |
+| 30 + 14p | `peer{p}.logprob_confidence` | answer log-prob confidence; 0 where the backend has none | [0, 1] |
+| 31 + 14p | `peer{p}.has_logprob` | 1 if the backend reports log-prob confidence | {0, 1} |
+| 32 + 14p | `peer{p}.steps` | reasoning steps / 20, clipped to 1 | [0, 1] |
+| 33 + 14p | `peer{p}.operators` | operations / 40, clipped to 1 | [0, 1] |
+| 34 + 14p | `peer{p}.parsed` | 1 if the answer could be parsed | {0, 1} |
+| 35 + 14p | `peer{p}.changed` | 1 if the answer changed in the last round | {0, 1} |
+| 36 + 14p | `peer{p}.last_persist` | 1 if the last action was PERSIST (all three 0 in round 0) | {0, 1} |
+| 37 + 14p | `peer{p}.last_refine` | 1 if the last action was REFINE | {0, 1} |
+| 38 + 14p | `peer{p}.last_concede` | 1 if the last action was CONCEDE | {0, 1} |
+
+.. /spec:observation
 
 ## Rewards
 
 Per agent and round, `reward="consensus"` (default, the paper's shaping):
 
-    r_i = w_local * (c_i_after - c_i_before) + w_global * (C(all) - C(all \\ i))
+    r_i = w_local * (c_i_after - c_i_before) + w_global * (C(all) - C(all \ i))
 
-`c_i`: agent i's answer is correct; `C(S)`: the plurality answer of the agents in S is
-correct (after the round; ties broken by `tie_break`). `reward="terminal"` gives every
-agent the team's correctness at the last step and 0 before. `token_cost` (per 1k
-tokens the agent spent this round) is subtracted in both. The terms are in
-`infos[agent]["reward_terms"]`.
+`c_i`: agent i's answer is correct; `C(S)`: the team answer of the agents in S (by
+`vote`, ties broken by `tie_break`) is correct, after the round. `reward="terminal"`
+gives every agent the team's correctness at the last step and 0 before. `token_cost`
+(per 1k tokens the agent spent this round) is subtracted in both. The terms are in
+`infos[agent]["reward_terms"]`; the reward is their sum.
 
 ## Episode end
 
 All agents terminate together after `max_rounds` rounds (a natural end, no truncation),
 or as soon as every agent holds the same parsed answer when `stop_on_consensus=True`.
-The final infos add `team_answer`, `team_correct`, `total_tokens` (the initial answers
-included) and the `actions` histogram of the episode. Stepping a finished episode raises
+The final infos add the episode's summary (below). Stepping a finished episode raises
 `RuntimeError`: call `reset()`.
+
+## Infos
+
+`infos[agent]` of `reset()` and `step()`:
+
+.. spec:infos, generated from deliberation_env.spec.INFO_KEYS
+
+| key | type | when | meaning |
+| --- | --- | --- | --- |
+| `action_mask` | `int8[3]` | reset, step | 1 where an action is allowed (CONCEDE is 0 when no peer holds a parsed answer) |
+| `answer` | `str` or `None` | reset, step | my answer as text; None when unparseable |
+| `correct` | `bool` | reset, step | my answer is correct (for logging; never in observations) |
+| `self_confidence` | `float` | reset, step | my verbalised confidence |
+| `tokens` | `int` | reset, step | tokens I spent in this reset (initial answer) or round |
+| `reward_terms` | `dict[str, float]` | step | the reward's components (`local` and `global`, or `terminal`; `token_cost`); the reward is their sum |
+| `team_answer` | `str` or `None` | last step | the team answer (the winner of `vote`); None when no agent parsed one |
+| `team_correct` | `bool` | last step | the team answer is correct |
+| `total_tokens` | `int` | last step | tokens of the whole episode, initial answers included |
+| `actions` | `dict[str, int]` | last step | how often each action was played this episode (`persist`, `refine`, `concede`) |
+
+.. /spec:infos
 
 ## Arguments
 
-`num_agents=3`, `max_rounds=3`, `profile="llama3.1-8b/gsm8k"` (simulated backend profile),
-`backend="simulated"` (or `"hf"`, `"openai"`, or an instance), `tasks="arithmetic"` (a
-`deliberation_env.tasks.load_tasks` spec or a list of `Task`), `concede_rule="plurality"`,
-`tie_break="confidence"`, `reward="consensus"`, `w_local=1.0`, `w_global=1.0`,
-`token_cost=0.0`, `stop_on_consensus=False`, `obs_mode="flat"`, `max_peers=4`,
-`render_mode=None` (`"ansi"` returns the transcript, `"human"` prints it), and any
-backend arguments (`model=`, `base_url=`, `cache=`, ...). See `EnvConfig` for each.
+`parallel_env(config=None, **overrides)` (and `DeliberationEnv`, `env` for AEC): `config`
+is an `EnvConfig` (or a mapping of its fields); keyword overrides set its fields or the
+view options `render_mode` and `obs_mode`, and any other keyword is a backend argument
+(`model=`, `base_url=`, `cache=`, ...) that lands in `backend_kwargs`.
+
+.. spec:arguments, generated from EnvConfig and DeliberationEnv
+
+| argument | type | default | meaning |
+| --- | --- | --- | --- |
+| `num_agents` | `int` | `3` | N, agents answering each question (paper: 3). At most `max_peers + 1`. |
+| `max_rounds` | `int` | `3` | T, deliberation rounds after the initial answers (paper: 3). |
+| `backend` | `str` or `BatchBackend` or `Backend` | `"simulated"` | A registered backend name (`"simulated"`, `"hf"`, `"openai"`), a text `Backend` instance or a `BatchBackend` instance. |
+| `profile` | `str` | `"llama3.1-8b/gsm8k"` | Simulated backend profile, `"backbone/benchmark"` (e.g. `"qwen2.5-7b/math"`) or `"toy"`. Passed to backend factories with a `profile` parameter only; ignored by the others (`"hf"`, `"openai"`) and by backend instances. |
+| `tasks` | `str` or `Sequence[Task]` | `"arithmetic"` | A `load_tasks` spec (`"arithmetic"`, `"gsm8k:PATH"`, ...) or a sequence of `Task` (stored as a tuple). |
+| `concede_rule` | `"plurality"` or `"most_confident"` | `"plurality"` | Whom CONCEDE copies: `"plurality"` (the answer most peers hold, its most confident holder; our reading of the paper) or `"most_confident"` (the most confident peer). |
+| `tie_break` | `"confidence"` or `"first"` or `"random"` | `"confidence"` | Plurality ties: `"confidence"` (highest summed verbalised confidence of the holders), `"first"` (the lowest-indexed holder's answer) or `"random"`. |
+| `vote` | `"plurality"` or `"weighted"` | `"plurality"` | Team answer: `"plurality"` (most holders, the paper's) or `"weighted"` (highest summed verbalised confidence, as RECONCILE; holders count breaks ties). |
+| `reward` | `"consensus"` or `"terminal"` | `"consensus"` | `"consensus"` (per-round shaping, the paper's) or `"terminal"` (team correctness, 0 or 1, at the last step, 0 before). |
+| `w_local` | `float` | `1.0` | Weight of the agent's own change in correctness, in reward per change (-1, 0 or +1) (consensus reward only). |
+| `w_global` | `float` | `1.0` | Weight of the agent's marginal contribution to the team vote, in reward per change (-1, 0 or +1) (consensus reward only). |
+| `token_cost` | `float` | `0.0` | Reward subtracted per 1,000 tokens (prompt + completion) an agent spends in a round; >= 0, 0 turns it off. |
+| `stop_on_consensus` | `bool` | `False` | End the episode as soon as every agent holds the same parsed answer after a round (never at reset). |
+| `max_peers` | `int` | `4` | Peer slots in the observation; fixes its size whatever N is (N <= max_peers + 1). |
+| `backend_kwargs` | `Mapping[str, Any]` | `{}` | Arguments for the backend factory (`model`, `base_url`, `cache`, ...); never an `EnvConfig` field (`profile` included). Empty with a backend instance. |
+| `render_mode` | `str` or `None` | `None` | `"ansi"` (`render` returns the transcript), `"human"` (prints it) or None. A view option, not part of the env's `EnvConfig`. |
+| `obs_mode` | `"flat"` or `"dict"` | `"flat"` | `"flat"` (a Box) or `"dict"` (`{"observation", "action_mask"}`). A view option, not part of the env's `EnvConfig`. |
+
+.. /spec:arguments
 
 `reset(seed, options)`: all randomness of an episode comes from `seed` (task choice,
 backend sampling seeds, tie-breaks). `options={"task_index": i}` fixes the question.
@@ -103,83 +196,66 @@ print(env.render())
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 import gymnasium
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from deliberation_env.core import (
-    NUM_ACTIONS,
-    Action,
-    DeliberationCore,
-    EnvConfig,
-    check_seed,
-    episode_keys,
-    validate_actions,
-)
+from deliberation_env.actions import NUM_ACTIONS, Action, validate_actions
+from deliberation_env.config import EnvConfig, check_seed
+from deliberation_env.core import DeliberationCore, derive_keys
 from deliberation_env.observation import ObservationLayout
+from deliberation_env.protocol import Solution
 from deliberation_env.rng import seed_key
 
-OBS_MODES = ("flat", "dict")
+ObsMode = Literal["flat", "dict"]
+"""`DeliberationEnv` observations: a flat Box, or a dict with the action mask."""
+OBS_MODES: tuple[ObsMode, ...] = get_args(ObsMode)
+RENDER_MODES = ("ansi", "human")
 _ACTION_NAMES = [a.name.lower() for a in Action]
 
 
 class DeliberationEnv(ParallelEnv):
-    """MPDF deliberation as a PettingZoo `ParallelEnv` (the module docstring is the spec)."""
+    """MPDF deliberation as a PettingZoo `ParallelEnv` (the module docstring is the spec).
+
+    Args:
+        config: the env (`EnvConfig`, or a mapping of its fields); `overrides` are applied
+            on top through `EnvConfig.build`, so ``DeliberationEnv(num_agents=5,
+            model="x")`` and ``DeliberationEnv(EnvConfig(num_agents=5), model="x")`` are
+            the same env. Keywords that are not fields go to the backend factory, which
+            names any it does not take.
+        render_mode: ``"ansi"`` (`render` returns the transcript), ``"human"`` (prints it)
+            or None. A view option, not part of the env's `EnvConfig`.
+        obs_mode: ``"flat"`` (a Box) or ``"dict"`` (``{"observation", "action_mask"}``).
+            A view option, not part of the env's `EnvConfig`.
+    """
 
     metadata = {
         "name": "deliberation_v0",
-        "render_modes": ["ansi", "human"],
+        "render_modes": list(RENDER_MODES),
         "is_parallelizable": True,
     }
 
     def __init__(
         self,
-        num_agents: int = 3,
-        max_rounds: int = 3,
-        profile: str = EnvConfig.profile,
-        backend: Any = "simulated",
-        tasks: Any = "arithmetic",
-        concede_rule: str = "plurality",
-        tie_break: str = "confidence",
-        reward: str = "consensus",
-        w_local: float = 1.0,
-        w_global: float = 1.0,
-        token_cost: float = 0.0,
-        stop_on_consensus: bool = False,
-        obs_mode: str = "flat",
-        max_peers: int = 4,
+        config: EnvConfig | Mapping[str, Any] | None = None,
+        *,
         render_mode: str | None = None,
-        **backend_kwargs: Any,
+        obs_mode: ObsMode = "flat",
+        **overrides: Any,
     ) -> None:
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode={obs_mode!r} is not one of {OBS_MODES}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode={render_mode!r} is not one of {self.metadata['render_modes']} or None"
-            )
-        self.config = EnvConfig(
-            num_agents=num_agents,
-            max_rounds=max_rounds,
-            backend=backend,
-            profile=profile,
-            tasks=tasks if isinstance(tasks, str) else tuple(tasks),
-            concede_rule=concede_rule,
-            tie_break=tie_break,
-            reward=reward,
-            w_local=w_local,
-            w_global=w_global,
-            token_cost=token_cost,
-            stop_on_consensus=stop_on_consensus,
-            max_peers=max_peers,
-            backend_kwargs=backend_kwargs,
-        )
+        if render_mode is not None and render_mode not in RENDER_MODES:
+            raise ValueError(f"render_mode={render_mode!r} is not one of {RENDER_MODES} or None")
+        self.config = EnvConfig.build(config, **overrides)
         self.obs_mode = obs_mode
         self.render_mode = render_mode
-        self.layout = ObservationLayout(max_peers)
-        self.possible_agents = [f"agent_{i}" for i in range(num_agents)]
+        self.layout = ObservationLayout(self.config.max_peers)
+        self.possible_agents = [f"agent_{i}" for i in range(self.config.num_agents)]
         self.agents: list[str] = []
         self.core = DeliberationCore(self.config, num_envs=1)
         self.core.ensure_backend()  # a bad profile, task source or backend fails here
@@ -213,7 +289,7 @@ class DeliberationEnv(ParallelEnv):
             self._episode = 0
         else:
             self._episode += 1
-        key, init = episode_keys(self._base_key, np.array([self._episode]), np.array([0]))
+        key, init = derive_keys(self._base_key, np.array([self._episode]), np.array([0]))
         task_index = (options or {}).get("task_index")
         self.core.reset(key, init, task_index=task_index)
         self.agents = self.possible_agents[:]
@@ -277,6 +353,18 @@ class DeliberationEnv(ParallelEnv):
         close = getattr(self.core.backend, "close", None)
         if callable(close):
             close()
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def backend(self) -> Any:
+        """The backend as configured: the instance given as ``backend=``, or the one built
+        from its name (a text backend without the env's adapter), e.g. to read its cache."""
+        return self.core.user_backend()
+
+    def solutions(self) -> dict[str, Solution | None]:
+        """Each agent's current `Solution` record (None with array backends such as the
+        simulator, which keep no text). For logging and analysis, never for a policy."""
+        return dict(zip(self.possible_agents, self.core.solutions(0)))
 
     # ------------------------------------------------------------------ edge helpers
     def _observe(self) -> dict[str, Any]:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from deliberation_env.tasks.task import Task
+
+if TYPE_CHECKING:  # the core imports this module; its State is a type-only dependency
+    from deliberation_env.core import State
 
 UNPARSED = -1
 """Answer id of an unparseable answer: it agrees with nobody and is never correct."""
@@ -106,11 +109,16 @@ class BatchView:
     agent: np.ndarray
     task_index: np.ndarray  # [M] index into the bound task list
     keys: np.ndarray
-    state: object  # deliberation_env.core.State
+    state: State
 
 
 class BatchBackend(Protocol):
     """The array form of a backend, spoken by `deliberation_env.core`."""
+
+    @property
+    def concede_tokens(self) -> int:
+        """Tokens a CONCEDE costs (a copy of a peer's solution; 0 for text backends)."""
+        ...
 
     def bind(self, tasks: Sequence[Task], num_agents: int) -> None:
         """Called once with the env's task list before any request."""

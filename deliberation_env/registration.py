@@ -3,29 +3,34 @@ registry ids ``deliberation/Deliberation-v0`` for ``"parallel"`` and ``"aec"``."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pettingzoo
 from pettingzoo.utils import parallel_to_aec, wrappers
 
+from deliberation_env.config import EnvConfig
 from deliberation_env.env import DeliberationEnv
 
 ENV_ID = "deliberation/Deliberation-v0"
 
-
-def parallel_env(**kwargs: Any) -> DeliberationEnv:
-    """The parallel env (see `deliberation_env.env` for every argument)."""
-    return DeliberationEnv(**kwargs)
+ConfigArg = EnvConfig | Mapping[str, Any] | None
 
 
-def raw_env(**kwargs: Any) -> pettingzoo.AECEnv:
+def parallel_env(config: ConfigArg = None, **overrides: Any) -> DeliberationEnv:
+    """The parallel env: ``parallel_env(config=EnvConfig(...), **overrides)``, or fields,
+    view options and backend arguments by keyword (see `DeliberationEnv`)."""
+    return DeliberationEnv(config, **overrides)
+
+
+def raw_env(config: ConfigArg = None, **overrides: Any) -> pettingzoo.AECEnv:
     """The AEC twin without PettingZoo's order-enforcing wrapper."""
-    return parallel_to_aec(DeliberationEnv(**kwargs))
+    return parallel_to_aec(DeliberationEnv(config, **overrides))
 
 
-def env(**kwargs: Any) -> pettingzoo.AECEnv:
+def env(config: ConfigArg = None, **overrides: Any) -> pettingzoo.AECEnv:
     """The AEC twin, wrapped as PettingZoo's own envs are."""
-    return wrappers.OrderEnforcingWrapper(raw_env(**kwargs))
+    return wrappers.OrderEnforcingWrapper(raw_env(config, **overrides))
 
 
 def register_envs() -> None:

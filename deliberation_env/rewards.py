@@ -1,7 +1,7 @@
 """Reward functions, as plain typed functions on ``[B, N]`` arrays.
 
 The default is the paper's consensus-driven shaping (MPDF, arXiv 2509.03817; the exact form
-is our reading, see DESIGN section 9):
+is our reading, see docs/design_decisions.md#rewards):
 
     r_i = w_local * (c_i_after - c_i_before) + w_global * (C(all) - C(all \\ i))
 
@@ -12,11 +12,13 @@ correctness at the end and 0 before. A ``token_cost`` per 1k tokens is subtracte
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 
-REWARDS = ("consensus", "terminal")
+RewardMode = Literal["consensus", "terminal"]
+"""The reward of `EnvConfig.reward`: per-round consensus shaping or terminal team correctness."""
+REWARDS: tuple[RewardMode, ...] = get_args(RewardMode)
 
 
 class RewardTerms(Protocol):

@@ -12,20 +12,29 @@ afterwards: the rollout groups of SoftRankPO and GRPO.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
-from deliberation_env.core import (
-    NUM_ACTIONS,
-    DeliberationCore,
-    EnvConfig,
-    check_action_array,
-    episode_keys,
-)
+from deliberation_env.actions import NUM_ACTIONS, check_action_array
+from deliberation_env.config import EnvConfig
+from deliberation_env.core import DeliberationCore, derive_keys
 from deliberation_env.observation import ObservationLayout
+from deliberation_env.protocol import Solution
 from deliberation_env.rng import seed_key
+
+SOLUTION_ARRAYS = (
+    "answer",
+    "correct",
+    "self_confidence",
+    "judge_confidence",
+    "logprob_confidence",
+    "steps",
+    "operators",
+)
+"""The per-agent arrays `VectorDeliberationEnv.solution_arrays` returns."""
 
 
 class VectorDeliberationEnv:
@@ -33,28 +42,54 @@ class VectorDeliberationEnv:
 
     Args:
         num_envs: B, the number of envs.
+        config: the env (`EnvConfig`, or a mapping of its fields); `overrides` are applied
+            on top through `EnvConfig.build` (fields by name, anything else a backend
+            argument), as `DeliberationEnv` does.
         autoreset: start the next episode of an env in the step that ends it. Without
             it, finished envs stay frozen (actions ignored, reward 0, ``terminated`` stays
-            True, ``infos["active"]`` False) until ``reset()``; stepping once all have
-            finished raises.
-        **kwargs: `EnvConfig` fields (``num_agents``, ``max_rounds``, ``profile``, ...).
+            True, ``infos["active"]`` False, their infos keep the episode's final values)
+            until ``reset()``; stepping once all have finished raises. A view option, not
+            part of the `EnvConfig`.
+
+    ``reset()`` returns ``(obs[B, N, D], infos)`` with infos ``action_mask [B, N, 3]``,
+    ``task_index [B]``, ``tokens [B, N]`` (of the initial answers), ``correct [B, N]`` and
+    ``team_correct [B]`` (the vote of the initial answers).
 
     ``step(actions[B, N])`` returns ``(obs[B, N, D], rewards[B, N], terminated[B],
-    truncated[B], infos)`` where infos holds arrays: ``action_mask [B, N, 3]``, ``tokens
-    [B, N]``, ``correct [B, N]``, ``reward_terms`` (name -> [B, N]), ``task_index [B]`` and,
-    valid where ``terminated``: ``team_correct [B]``, ``episode_tokens [B]``,
-    ``episode_actions [B, 3]``, ``final_obs [B, N, D]``.
+    truncated[B], infos)``. Infos, all arrays:
+
+    | key | shape | meaning |
+    |---|---|---|
+    | ``action_mask`` | [B, N, 3] | allowed actions for the next step |
+    | ``task_index`` | [B] | the task of the current episode (the next one after an autoreset) |
+    | ``active`` | [B] | episode still running (always True with autoreset) |
+    | ``tokens`` | [B, N] | tokens each agent spent this step |
+    | ``reward_terms`` | name -> [B, N] | the reward's components |
+    | ``changed`` | [B, N] | the agent's answer changed this step |
+    | ``correct`` | [B, N] | each agent's answer is correct after this step |
+    | ``team_correct`` | [B] | the team answer is correct after this step |
+    | ``consensus`` | [B] | every agent holds the same parsed answer after this step |
+    | ``rounds`` | [B] | rounds played in the episode |
+    | ``episode_tokens`` | [B] | tokens spent in the episode (initial answers included) |
+    | ``episode_actions`` | [B, 3] | the episode's action counts (PERSIST, REFINE, CONCEDE) |
+    | ``final_obs`` | [B, N, D] | last observation, only when an episode ended |
+
+    Every key from ``changed`` down describes the episode that played the step, read
+    before an autoreset starts the next one: where ``terminated``, they are the ended
+    episode's final values (its agent and team correctness, consensus, length and cost).
     """
 
     metadata = {"name": "deliberation_vector_v0", "autoreset_mode": "SAME_STEP"}
 
-    def __init__(self, num_envs: int, autoreset: bool = True, **kwargs: Any) -> None:
-        backend_kwargs = dict(kwargs.pop("backend_kwargs", {}))
-        known = set(EnvConfig.__dataclass_fields__)
-        backend_kwargs.update({k: kwargs.pop(k) for k in list(kwargs) if k not in known})
-        if "tasks" in kwargs and not isinstance(kwargs["tasks"], str):
-            kwargs["tasks"] = tuple(kwargs["tasks"])
-        self.config = EnvConfig(**kwargs, backend_kwargs=backend_kwargs)
+    def __init__(
+        self,
+        num_envs: int,
+        config: EnvConfig | Mapping[str, Any] | None = None,
+        *,
+        autoreset: bool = True,
+        **overrides: Any,
+    ) -> None:
+        self.config = EnvConfig.build(config, **overrides)
         self.num_envs = num_envs
         self.num_agents = self.config.num_agents
         self.autoreset = autoreset
@@ -65,14 +100,14 @@ class VectorDeliberationEnv:
         self.single_action_space = spaces.Discrete(NUM_ACTIONS)
         self.action_space = spaces.MultiDiscrete(np.full((num_envs, self.num_agents), NUM_ACTIONS))
         self.state_space = spaces.Box(0.0, 1.0, (self.layout.state_size,), np.float32)
-        self._base: np.ndarray | None = None
+        self._base = np.zeros(num_envs, np.uint64)
         self._episode = np.zeros(num_envs, np.int64)
         self._leader = np.arange(num_envs)
         self._done = np.zeros(num_envs, bool)
         self._obs: np.ndarray | None = None
 
     def reset(
-        self, seed: int | list[int] | None = None, options: dict | None = None
+        self, seed: int | list[int] | np.ndarray | None = None, options: dict | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode in every env. ``seed`` int -> env b gets ``seed + b``."""
         options = options or {}
@@ -80,7 +115,7 @@ class VectorDeliberationEnv:
         if seed is None:
             seeds = np.random.SeedSequence().generate_state(B, np.uint64)
         elif np.ndim(seed) == 0:
-            seeds = np.arange(B, dtype=np.uint64) + np.uint64(seed)
+            seeds = np.arange(B, dtype=np.uint64) + np.asarray(seed, np.uint64)
         else:
             seeds = np.asarray(seed, np.uint64)
             if seeds.shape != (B,):
@@ -93,7 +128,7 @@ class VectorDeliberationEnv:
         self._base = seed_key(seeds)
         self._leader = (np.arange(B) // group) * group
         self._episode[:] = 0
-        key, init = episode_keys(self._base, self._episode, self._leader)
+        key, init = derive_keys(self._base, self._episode, self._leader)
         self.core.reset(key, init, task_index=options.get("task_index"))
         self._done[:] = False
         self._obs = self.core.observations()
@@ -102,6 +137,7 @@ class VectorDeliberationEnv:
             "task_index": self.core.state.task_index.copy(),
             "tokens": self.core.round_tokens.copy(),
             "correct": self.core.state.correct.copy(),
+            "team_correct": self.core.team_correct(),
         }
         return self._obs, infos
 
@@ -117,11 +153,15 @@ class VectorDeliberationEnv:
         result = self.core.step(arr, active)
         done = result.done
         obs = self.core.observations()
+        # Everything about the episode is read here, before an autoreset overwrites it.
         infos: dict[str, Any] = {
             "tokens": result.tokens,
-            "correct": s.correct.copy(),
             "reward_terms": result.terms,
+            "changed": s.changed.copy(),
+            "correct": s.correct.copy(),
             "team_correct": result.team_correct,
+            "consensus": self.core.consensus(),
+            "rounds": s.round.copy(),
             "episode_tokens": s.tokens.copy(),
             "episode_actions": s.action_counts.copy(),
         }
@@ -130,7 +170,7 @@ class VectorDeliberationEnv:
             if self.autoreset:
                 envs = np.nonzero(done)[0]
                 self._episode[envs] += 1
-                key, init = episode_keys(self._base, self._episode, self._leader)
+                key, init = derive_keys(self._base, self._episode, self._leader)
                 self.core.reset(key[envs], init[envs], envs=envs)
                 obs = self.core.observations()
             else:
@@ -144,8 +184,34 @@ class VectorDeliberationEnv:
 
     @property
     def active(self) -> np.ndarray:
-        """``[B]`` bool: envs whose episode is still running (always all with autoreset)."""
+        """``[B]`` bool: envs whose episode is still running (the env's own episode-end
+        rule; all True after ``reset()`` and always with autoreset)."""
         return ~self._done
+
+    @property
+    def episode_keys(self) -> np.ndarray:
+        """``[B]`` uint64, a copy of each env's current episode key: the seed of all of the
+        episode's randomness (equal keys, equal dynamics), for seeding a policy per episode."""
+        return self.core.state.key.copy()
+
+    @property
+    def backend(self) -> Any:
+        """The backend as configured: the instance given as ``backend=``, or the one built
+        from its name (a text backend without the env's adapter), e.g. to read its cache."""
+        return self.core.user_backend()
+
+    def solution_arrays(self) -> dict[str, np.ndarray]:
+        """Copies of every agent's current solution as ``[B, N]`` arrays (`SOLUTION_ARRAYS`):
+        ``answer`` (an int id, equal ids within an env are equal answers, -1 unparsed),
+        ``correct``, ``self_confidence``, ``judge_confidence``, ``logprob_confidence`` (NaN
+        where the backend has none), ``steps`` and ``operators``. For analysis and logging;
+        a policy must not read ``correct``."""
+        return {name: getattr(self.core.state, name).copy() for name in SOLUTION_ARRAYS}
+
+    def solutions(self, env: int) -> list[Solution | None]:
+        """The `Solution` records of env `env`'s agents (None with array backends such as
+        the simulator, which keep no text)."""
+        return self.core.solutions(env)
 
     def state(self) -> np.ndarray:
         """Global state ``[B, state_size]`` for centralised critics."""

@@ -8,10 +8,16 @@ nobody and receives no vote). Ties between answers with equally many holders are
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 
-TIE_BREAKS = ("confidence", "first", "random")
-VOTES = ("plurality", "weighted")
+TieBreak = Literal["confidence", "first", "random"]
+"""How `plurality` breaks ties between answers with equally many holders."""
+TIE_BREAKS: tuple[TieBreak, ...] = get_args(TieBreak)
+Vote = Literal["plurality", "weighted"]
+"""How the team answer is chosen: most holders, or highest summed confidence."""
+VOTES: tuple[Vote, ...] = get_args(Vote)
 _BIG = 1e6  # vote counts dominate; the tie-break term stays below 1e3
 
 

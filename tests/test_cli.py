@@ -8,7 +8,7 @@ import json
 import pytest
 from tiny_model import tiny_model_dir  # noqa: F401  (the session fixture)
 
-from algorithms.cli import main
+from experiments.cli import main
 
 
 def test_demo_on_the_simulator(capsys):

@@ -133,6 +133,7 @@ def test_misspelled_argument_is_named():
         ({"concede_rule": "loudest"}, r"concede_rule='loudest' is not one of .*'plurality'"),
         ({"tie_break": "coin"}, r"tie_break='coin' is not one of .*'confidence'"),
         ({"reward": "dense"}, r"reward='dense' is not one of .*'consensus'"),
+        ({"vote": "loudest"}, r"vote='loudest' is not one of .*'weighted'"),
         ({"obs_mode": "image"}, r"obs_mode='image' is not one of .*'flat'"),
         ({"render_mode": "rgb_array"}, r"render_mode='rgb_array' is not one of .*'ansi'"),
         ({"num_agents": 6}, r"num_agents=6 needs max_peers >= 5.*pass max_peers=5"),

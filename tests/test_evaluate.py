@@ -1,5 +1,6 @@
-"""The evaluation harness: per-seed metrics on the real env, the t interval over seeds,
-the files `compare` writes, and the train/eval split."""
+"""The evaluation harness (`algorithms.evaluate`): per-seed metrics on the real env, the t
+interval over seeds (`experiments.stats`), and the files `compare` writes. (The train/eval
+split is tested with the tasks, in tests/test_tasks.py.)"""
 
 from __future__ import annotations
 
@@ -9,18 +10,11 @@ import math
 import numpy as np
 import pytest
 
-from algorithms.evaluate import (
-    ACTION_KEYS,
-    aggregate,
-    compare,
-    episode_seeds,
-    evaluate,
-    markdown_table,
-    mean_ci,
-    train_eval_split,
-)
+from algorithms.evaluate import ACTION_KEYS, episode_seeds, evaluate
 from algorithms.heuristics import make_protocol
-from deliberation_env import Task, VectorDeliberationEnv, load_tasks
+from deliberation_env import VectorDeliberationEnv, load_tasks
+from experiments.compare import compare, markdown_table
+from experiments.stats import aggregate, mean_ci
 
 ENV = {"profile": "llama3.1-8b/gsm8k", "num_agents": 3, "max_rounds": 3}
 TASKS = load_tasks("arithmetic:300")
@@ -153,30 +147,3 @@ def test_compare_writes_results_json_markdown_and_plots(tmp_path):
     compare(methods, ENV, TASKS, seeds=(0,), episodes=20, out=tmp_path / "plain")
     assert not (tmp_path / "plain" / "learning_curves.png").exists()
     assert (tmp_path / "plain" / "results.md").exists()
-
-
-def test_train_eval_split_is_disjoint_deterministic_and_drops_repeated_questions():
-    tasks = load_tasks("arithmetic:400")
-    # Re-issued questions under new ids must not leak into eval.
-    copies = [Task(id=f"copy/{i}", question=t.question, answer=t.answer, kind=t.kind)
-              for i, t in enumerate(tasks[:100])]  # fmt: skip
-    pool = tasks + copies
-    train, held_out = train_eval_split(pool, eval_fraction=0.25, seed=0)
-    assert {t.id for t in train}.isdisjoint({t.id for t in held_out})
-    assert {t.question for t in train}.isdisjoint({t.question for t in held_out})
-    # Every task is in train, in eval, or dropped because train asks the same question.
-    seen = {t.question for t in train}
-    placed = {t.id for t in train} | {t.id for t in held_out}
-    dropped = [t for t in pool if t.id not in placed]
-    assert dropped and all(t.question in seen for t in dropped)
-    assert any(t.id.startswith("copy/") for t in held_out)  # copies are not all dropped
-    plain = train_eval_split(tasks, eval_fraction=0.25, seed=0)[1]
-    assert 0.18 < len(plain) / len(tasks) < 0.32
-
-    again = train_eval_split(list(reversed(pool)), eval_fraction=0.25, seed=0)
-    assert {t.id for t in again[1]} == {t.id for t in held_out}
-    other = train_eval_split(pool, eval_fraction=0.25, seed=1)
-    assert {t.id for t in other[1]} != {t.id for t in held_out}
-    assert train_eval_split(pool, eval_fraction=0.0)[1] == []
-    with pytest.raises(ValueError, match="eval_fraction"):
-        train_eval_split(pool, eval_fraction=1.5)

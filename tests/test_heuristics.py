@@ -8,20 +8,23 @@ solutions where the right label is obvious.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from scripted_backend import TASKS, W1, W2, R, Say, ScriptedBackend, X
 
 from algorithms.evaluate import evaluate
 from algorithms.heuristics import PROTOCOLS, Features, make_protocol, register_protocol
-from algorithms.hindsight import (
+from algorithms.policy import Policy
+from deliberation_env import Action, VectorDeliberationEnv, voting
+from deliberation_env.counterfactual import (
     best_joint_actions,
     counterfactual_rewards,
     hindsight_labels,
+    hindsight_targets,
     joint_action_table,
 )
-from algorithms.policy import Policy
-from deliberation_env import Action, VectorDeliberationEnv, voting
 
 P, F, C = int(Action.PERSIST), int(Action.REFINE), int(Action.CONCEDE)
 SIM = {"profile": "llama3.1-8b/gsm8k", "tasks": "arithmetic:300", "num_agents": 3}
@@ -72,7 +75,7 @@ def test_counterfactual_rewards_equal_a_twin_env_stepped_with_each_alternative(h
     B, N, seed = 12, 3, 5
     env, _, _ = sim_env(B, seed, history, **kwargs)
     actions = np.random.default_rng(1).integers(0, 3, (B, N))
-    cf = counterfactual_rewards(env.core, actions)
+    cf = counterfactual_rewards(env, actions)
     assert cf.shape == (B, N, 3)
 
     # Twin: copy k = (b, i, a) replays env b's episode, then agent i plays a.
@@ -89,30 +92,35 @@ def test_counterfactual_rewards_equal_a_twin_env_stepped_with_each_alternative(h
     assert np.unique(expected).size > 2  # the test sees gains, losses and zeros
 
 
-def test_counterfactual_of_the_played_action_is_the_reward_and_the_core_is_untouched():
+def test_counterfactual_of_the_played_action_is_the_reward_and_the_env_is_untouched():
     env, _, _ = sim_env(64, 11, history=1, token_cost=0.2)
+    twin, _, _ = sim_env(64, 11, history=1, token_cost=0.2)  # never asked a counterfactual
     actions = np.random.default_rng(3).integers(0, 3, (64, 3))
-    before = env.core.get_rows(np.arange(64))
-    cf = counterfactual_rewards(env.core, actions)
-    after = env.core.get_rows(np.arange(64))
-    for name in ("answer", "correct", "self_confidence", "round", "tokens", "last_action"):
-        np.testing.assert_array_equal(getattr(before, name), getattr(after, name))
-    _, rewards, _, _, _ = env.step(actions)
+    before, keys = env.solution_arrays(), env.episode_keys
+    cf = counterfactual_rewards(env, actions)
+    for name, values in env.solution_arrays().items():
+        np.testing.assert_array_equal(values, before[name], err_msg=name)
+    np.testing.assert_array_equal(env.episode_keys, keys)
+    out, twin_out = env.step(actions), twin.step(actions)
+    for x, y in zip(out[:4], twin_out[:4], strict=True):
+        np.testing.assert_array_equal(x, y)
+    for key in ("correct", "changed", "rounds", "episode_tokens", "episode_actions", "tokens"):
+        np.testing.assert_array_equal(out[4][key], twin_out[4][key], err_msg=key)
     played = np.take_along_axis(cf, actions[..., None], -1)[..., 0]
-    np.testing.assert_array_equal(played.astype(np.float32), rewards)
+    np.testing.assert_array_equal(played.astype(np.float32), out[1])
 
 
 def test_counterfactual_rewards_are_zero_for_frozen_envs():
     env, _, _ = sim_env(8, 0)
     active = np.arange(8) % 2 == 0
-    cf = counterfactual_rewards(env.core, np.full((8, 3), F), active)
+    cf = counterfactual_rewards(env, np.full((8, 3), F), active)
     assert not cf[~active].any()
 
 
 def test_best_joint_actions_match_brute_force_over_all_joint_actions():
     B, N, seed = 16, 3, 21
-    env, _, _ = sim_env(B, seed, history=1, token_cost=0.1)
-    best = best_joint_actions(env.core)
+    env, _, infos = sim_env(B, seed, history=1, token_cost=0.1)
+    best = best_joint_actions(env)
 
     table = joint_action_table(N)
     K = len(table)
@@ -123,7 +131,7 @@ def test_best_joint_actions_match_brute_force_over_all_joint_actions():
     team = info["team_correct"].reshape(B, K).astype(int)
     n_correct = info["correct"].sum(-1).reshape(B, K)
     tokens = info["tokens"].sum(-1).reshape(B, K)
-    masks = env.core.action_masks()
+    masks = infos["action_mask"]
     for b in range(B):
         allowed = [k for k in range(K) if masks[b, np.arange(N), table[k]].all()]
         # Lexicographic: team correct, agents correct, fewest tokens, lowest index.
@@ -131,16 +139,16 @@ def test_best_joint_actions_match_brute_force_over_all_joint_actions():
         np.testing.assert_array_equal(best[b], table[k_best], err_msg=f"env {b}")
         assert team[b, k_best] == team[b].max()
     assert len({tuple(a) for a in best}) > 1  # not a constant answer
-    np.testing.assert_array_equal(best_joint_actions(env.core, max_copies=3 * K), best)
+    np.testing.assert_array_equal(best_joint_actions(env, max_copies=3 * K), best)
 
 
 def test_best_joint_actions_leave_inactive_envs_persisting():
     env, _, _ = sim_env(6, 2)
     active = np.array([True, False, True, False, False, True])
-    best = best_joint_actions(env.core, active)
+    best = best_joint_actions(env, active)
     assert (best[~active] == P).all()
-    np.testing.assert_array_equal(best[active], best_joint_actions(env.core)[active])
-    assert (best_joint_actions(env.core, np.zeros(6, bool)) == P).all()
+    np.testing.assert_array_equal(best[active], best_joint_actions(env)[active])
+    assert (best_joint_actions(env, np.zeros(6, bool)) == P).all()
 
 
 def test_hindsight_label_concede_for_a_wrong_agent_whose_peers_agree_on_the_right_answer():
@@ -151,14 +159,14 @@ def test_hindsight_label_concede_for_a_wrong_agent_whose_peers_agree_on_the_righ
         {0: [Say(W1)], 1: [Say(W2)], 2: [Say(R, conf=0.875)]},
     )
     actions = np.full((2, 3), P)
-    cf = counterfactual_rewards(env.core, actions)
+    cf = counterfactual_rewards(env, actions)
     # agent_0: CONCEDE makes it right (+1 local; the team is right either way).
     np.testing.assert_array_equal(cf[:, 0], [[0, 0, 1]] * 2)
     # agent_1: REFINE breaks it (-1); CONCEDE copies agent_2's R (= PERSIST).
     np.testing.assert_array_equal(cf[:, 1], [[0, -1, 0]] * 2)
     np.testing.assert_array_equal(cf[:, 2], [[0, 0, 0]] * 2)
     # Ties go to the cheapest action: PERSIST, then CONCEDE, then REFINE.
-    np.testing.assert_array_equal(hindsight_labels(env.core, actions), [[C, P, P]] * 2)
+    np.testing.assert_array_equal(hindsight_labels(env, actions), [[C, P, P]] * 2)
 
 
 def test_hindsight_label_refine_when_only_a_revision_finds_the_answer():
@@ -167,7 +175,7 @@ def test_hindsight_label_refine_when_only_a_revision_finds_the_answer():
         [Say(W1, conf=0.5), Say(W2, conf=0.5), Say(W2, conf=0.75)],
         {0: [Say(R)], 1: [Say(W2)], 2: [Say(W2, conf=0.75)]},
     )
-    labels = hindsight_labels(env.core, np.full((2, 3), P))
+    labels = hindsight_labels(env, np.full((2, 3), P))
     np.testing.assert_array_equal(labels, [[F, P, P]] * 2)
 
 
@@ -176,17 +184,17 @@ def test_hindsight_labels_never_pick_a_masked_concede():
     env, _, infos = scripted_env([Say(R), Say(X), Say(X)], {0: [Say(W1)], 1: [Say(X)], 2: [Say(X)]})
     assert infos["action_mask"][0, 0, C] == 0 and infos["action_mask"][0, 1, C] == 1
     actions = np.full((2, 3), P)
-    cf = counterfactual_rewards(env.core, actions)
+    cf = counterfactual_rewards(env, actions)
     np.testing.assert_array_equal(cf[:, 0, C], cf[:, 0, P])
     # The unparsed agents gain by conceding to agent_0's right answer.
-    np.testing.assert_array_equal(hindsight_labels(env.core, actions), [[P, C, C]] * 2)
+    np.testing.assert_array_equal(hindsight_labels(env, actions), [[P, C, C]] * 2)
 
 
 def test_hindsight_labels_take_the_best_allowed_reward_preferring_cheap_actions():
     env, _, infos = sim_env(256, 7, history=1)
     actions = np.random.default_rng(5).integers(0, 3, (256, 3))
-    cf = counterfactual_rewards(env.core, actions)
-    labels = hindsight_labels(env.core, actions)
+    cf = counterfactual_rewards(env, actions)
+    labels = hindsight_labels(env, actions)
     masked = np.where(infos["action_mask"] > 0, cf, -np.inf)
     best = masked.max(-1)
     np.testing.assert_array_equal(np.take_along_axis(cf, labels[..., None], -1)[..., 0], best)
@@ -199,19 +207,64 @@ def test_hindsight_labels_take_the_best_allowed_reward_preferring_cheap_actions(
     assert set(np.unique(labels)) == {P, F, C}
 
 
+def test_counterfactuals_follow_the_envs_own_episode_end():
+    # stop_on_consensus ends some episodes early; without autoreset they stay frozen. The
+    # counterfactuals read `env.active` by default, so they agree with what the env pays.
+    env, _, infos = sim_env(64, 3, stop_on_consensus=True, max_rounds=3)
+    for _ in range(2):
+        _, _, _, _, infos = env.step(np.full((64, 3), C))
+        if not env.active.all():
+            break
+    active = env.active
+    assert active.any() and not active.all()
+    np.testing.assert_array_equal(active, infos["active"])
+    actions = np.random.default_rng(4).integers(0, 3, (64, 3))
+    cf = counterfactual_rewards(env, actions)
+    np.testing.assert_array_equal(cf, counterfactual_rewards(env, actions, active))
+    assert not cf[~active].any()
+    labels, informative = hindsight_targets(env, actions)
+    np.testing.assert_array_equal(labels, hindsight_labels(env, actions))
+    assert not informative[~active].any()
+    best = best_joint_actions(env)
+    assert (best[~active] == P).all()
+    oracle = make_protocol("oracle")
+    oracle.bind(env)
+    np.testing.assert_array_equal(oracle.act(None, infos["action_mask"]), best)
+    _, rewards, _, _, _ = env.step(actions)
+    played = np.take_along_axis(cf, actions[..., None], -1)[..., 0]
+    np.testing.assert_array_equal(played.astype(np.float32), rewards)
+
+
+def test_counterfactuals_need_a_vector_env_and_a_matching_active_mask():
+    import deliberation_env
+
+    with pytest.raises(TypeError, match=r"need a VectorDeliberationEnv, got DeliberationEnv"):
+        counterfactual_rewards(deliberation_env.parallel_env(), np.zeros((1, 3), np.int64))
+    env, _, _ = sim_env(4, 0)
+    with pytest.raises(ValueError, match=r"active must have shape \(4,\), got \(3,\)"):
+        best_joint_actions(env, np.ones(3, bool))
+
+
 # --------------------------------------------------------------------------- protocols
 @pytest.fixture(scope="module")
 def varied_states():
-    """Observations, masks and the hidden state behind them, over rounds 0-2 of random play."""
+    """Observations, masks and the hidden state behind them, over rounds 0-2 of random play.
+
+    The hidden state comes from the env's public accessors and the actions played, never
+    from the observation the protocols read."""
     env, obs, infos = sim_env(400, 30)
     rng = np.random.default_rng(2)
+    last_action = np.full((400, 3), -1)
+    changed = np.zeros((400, 3), bool)
     states = []
     for _ in range(3):
-        core = env.core
-        states.append(
-            (obs, infos["action_mask"], core.get_rows(np.arange(400)), core.in_plurality())
-        )
-        obs, _, _, _, infos = env.step(rng.integers(0, 3, (400, 3)))
+        s = SimpleNamespace(**env.solution_arrays(), last_action=last_action, changed=changed)
+        winner = voting.plurality(voting.agreement(s.answer), s.self_confidence, "confidence")
+        in_plurality = voting.holds(voting.agreement(s.answer), winner)
+        states.append((obs, infos["action_mask"], s, in_plurality))
+        last_action = rng.integers(0, 3, (400, 3))
+        obs, _, _, _, infos = env.step(last_action)
+        changed = infos["changed"]
     return states
 
 
@@ -354,9 +407,7 @@ def test_oracle_plays_the_best_joint_actions_and_needs_bind():
     with pytest.raises(RuntimeError, match="bind"):
         oracle.act(obs, infos["action_mask"])
     oracle.bind(env)
-    np.testing.assert_array_equal(
-        oracle.act(obs, infos["action_mask"]), best_joint_actions(env.core)
-    )
+    np.testing.assert_array_equal(oracle.act(obs, infos["action_mask"]), best_joint_actions(env))
 
 
 def test_oracle_beats_every_protocol_on_the_same_questions():

@@ -303,7 +303,7 @@ def test_a_full_episode_through_the_parallel_env(tiny_model_dir):  # noqa: F811
     final = log[-1][3]["agent_0"]
     assert final["total_tokens"] > 0 and isinstance(final["team_correct"], bool)
     assert "Team answer" in env.render()
-    records = env.core.state.records[0]
+    records = list(env.solutions().values())
     assert all(isinstance(r, Solution) and r.text for r in records)
 
     # Same seed, same episode: again, in a fresh env, and in an unpickled copy.
@@ -367,10 +367,10 @@ def test_cache_replays_an_episode_bit_identically_without_generating(tiny_model_
 
     path = tmp_path / "cache.sqlite"
     first_env, first = _episode(tiny_model_dir, path)
-    recorded = first_env.core.backend.backend.cache.stats()
+    recorded = first_env.backend.cache.stats()
     assert recorded["misses"] > 0 and recorded["hits"] == 0
     replay_env, replay = _episode(tiny_model_dir, path)
-    stats = replay_env.core.backend.backend.cache.stats()
+    stats = replay_env.backend.cache.stats()
     assert stats["misses"] == 0, stats  # no model call on the replay
     assert stats["hits"] == recorded["misses"]
     assert data_equivalence(first, replay)

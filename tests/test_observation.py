@@ -8,7 +8,15 @@ from scripted_backend import TASKS, W1, R, Say, ScriptedBackend, X
 
 import deliberation_env
 from deliberation_env import Action
-from deliberation_env.observation import AGENT_FEATURES, ObservationLayout
+from deliberation_env.observation import (
+    AGENT_FEATURES,
+    OWN_FEATURES,
+    PEER_FEATURES,
+    SUMMARY_FEATURES,
+    ObservationLayout,
+    agent_features,
+    build_observations,
+)
 
 P, F, C = Action.PERSIST, Action.REFINE, Action.CONCEDE
 LAYOUT = ObservationLayout(4)
@@ -163,3 +171,117 @@ def test_dict_mode_carries_the_same_observation_and_the_mask():
         assert b[agent]["action_mask"].dtype == np.int8
     # Agent 2's peers are both unparsed: nothing to concede to.
     assert b["agent_2"]["action_mask"].tolist() == [1, 1, 0]
+
+
+def test_summary_reductions_name_peer_features():
+    peer_names = {f.name for f in PEER_FEATURES}
+    for f in SUMMARY_FEATURES:
+        assert (f.reduce is None) == (f.of is None), f.name
+        assert f.of is None or f.of in peer_names, f.name
+    for table in (OWN_FEATURES, SUMMARY_FEATURES, PEER_FEATURES):
+        assert len({f.name for f in table}) == len(table)
+    name, description = OWN_FEATURES[0]  # the tables still unpack as (name, description)
+    assert (name, description) == (OWN_FEATURES[0].name, OWN_FEATURES[0].description)
+
+
+def reference_observation(a: dict, same, in_plurality, round_frac, b: int, i: int, max_peers):
+    """One agent's observation entry by entry, by name, with plain Python loops."""
+    N = same.shape[1]
+    layout = ObservationLayout(max_peers)
+    out = np.zeros(layout.size)
+
+    def agent(j: int) -> dict[str, float]:
+        lp = a["logprob_confidence"][b, j]
+        last = a["last_action"][b, j]
+        return {
+            "self_confidence": a["self_confidence"][b, j],
+            "judge_confidence": a["judge_confidence"][b, j],
+            "logprob_confidence": 0.0 if np.isnan(lp) else lp,
+            "has_logprob": float(not np.isnan(lp)),
+            "steps": min(a["steps"][b, j] / 20, 1.0),
+            "operators": min(a["operators"][b, j] / 40, 1.0),
+            "parsed": float(a["parsed"][b, j]),
+            "changed": float(a["changed"][b, j]),
+            "last_persist": float(last == 0),
+            "last_refine": float(last == 1),
+            "last_concede": float(last == 2),
+        }
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    holders = [sum(same[b, k, j] for j in range(N)) for k in range(N)]
+    own = {
+        "support": holders[i] / N,
+        "distinct": sum(1 / h for h in holders if h > 0) / N,
+        "in_plurality": float(in_plurality[b, i]),
+        "round": round_frac[b],
+        **agent(i),
+    }
+    for key, value in own.items():
+        out[layout.index(f"own.{key}")] = value
+    peers = [(i + p) % N for p in range(1, N)]
+    rows = []
+    for p, j in enumerate(peers):
+        row = {
+            "present": 1.0,
+            "agrees": float(same[b, i, j]),
+            "in_plurality": float(in_plurality[b, j]),
+            **agent(j),
+        }
+        rows.append(row)
+        for key, value in row.items():
+            out[layout.index(f"peer{p}.{key}")] = value
+    if rows:
+        summary: dict[str, float] = {
+            "peer_agree": mean([r["agrees"] for r in rows]),
+            "peer_self_confidence_mean": mean([r["self_confidence"] for r in rows]),
+            "peer_self_confidence_max": max(r["self_confidence"] for r in rows),
+            "peer_judge_confidence_mean": mean([r["judge_confidence"] for r in rows]),
+            "peer_judge_confidence_max": max(r["judge_confidence"] for r in rows),
+            "peer_changed": mean([r["changed"] for r in rows]),
+            "peer_last_persist": mean([r["last_persist"] for r in rows]),
+            "peer_last_refine": mean([r["last_refine"] for r in rows]),
+            "peer_last_concede": mean([r["last_concede"] for r in rows]),
+        }
+        for key, value in summary.items():
+            out[layout.index(f"summary.{key}")] = value
+    out[layout.index("summary.num_agents")] = N / (max_peers + 1)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("num_agents", "max_peers"), [(1, 0), (1, 4), (2, 1), (3, 4), (5, 4), (4, 6)]
+)
+def test_build_observations_matches_a_by_name_reference(num_agents, max_peers):
+    rng = np.random.default_rng(num_agents * 10 + max_peers)
+    B, N = 6, num_agents
+    answer = rng.integers(-1, 3, (B, N))
+    parsed = answer >= 0
+    a = {
+        "self_confidence": rng.random((B, N)).astype(np.float32),
+        "judge_confidence": rng.random((B, N)).astype(np.float32),
+        "logprob_confidence": np.where(rng.random((B, N)) < 0.5, np.nan, rng.random((B, N))),
+        "steps": rng.integers(0, 40, (B, N)).astype(np.float32),
+        "operators": rng.integers(0, 80, (B, N)).astype(np.float32),
+        "parsed": parsed,
+        "changed": rng.random((B, N)) < 0.4,
+        "last_action": rng.integers(-1, 3, (B, N)).astype(np.int8),
+    }
+    a["logprob_confidence"] = a["logprob_confidence"].astype(np.float32)
+    same = (answer[:, :, None] == answer[:, None, :]) & parsed[:, :, None] & parsed[:, None, :]
+    in_plurality = rng.random((B, N)) < 0.5
+    round_frac = rng.integers(0, 4, B) / 3
+    obs = build_observations(agent_features(**a), same, in_plurality, round_frac, max_peers)
+    assert obs.shape == (B, N, ObservationLayout(max_peers).size)
+    for b in range(B):
+        for i in range(N):
+            want = reference_observation(a, same, in_plurality, round_frac, b, i, max_peers)
+            np.testing.assert_allclose(obs[b, i], want, rtol=1e-6, atol=1e-7)
+
+
+def test_build_observations_refuses_too_few_peer_slots():
+    feats = np.zeros((len(AGENT_FEATURES), 1, 3), np.float32)
+    same = np.eye(3, dtype=bool)[None]
+    with pytest.raises(ValueError, match="max_peers >= 2"):
+        build_observations(feats, same, np.zeros((1, 3), bool), np.zeros(1), max_peers=1)

@@ -120,7 +120,7 @@ def test_env_episode_through_the_registry(server: OpenAIServer, tmp_path: Path) 
     # Seeds reach the server per request; every body asks for log-probs.
     assert len({b["seed"] for b in server.bodies}) == 12
     assert all(b["logprobs"] is True and b["model"] == "tiny" for b in server.bodies)
-    cache = env.core.backend.backend.cache
+    cache = env.backend.cache
     records = list(cache.records())
     assert len(records) == 12
     assert {r["action"] for r in records} == {"solve", "refine"}
@@ -144,12 +144,12 @@ def test_cache_replays_an_episode_bit_identically_without_the_server(
     replayed = [play(replay, seed) for seed in (0, 1)]
     for a, b in zip(recorded, replayed):
         assert_same_trace(a, b)
-    backend_ = replay.core.backend.backend
+    backend_ = replay.backend
     assert server.hits == hits and backend_.http_requests == 0
     stats = backend_.cache.stats()
     assert stats["misses"] == 0 and stats["hits"] == hits
-    assert [r.text for r in replay.core.state.records[0]] == [
-        r.text for r in first.core.state.records[0]
+    assert [r.text for r in replay.solutions().values()] == [
+        r.text for r in first.solutions().values()
     ]
 
 
@@ -186,7 +186,7 @@ for seed in range(3):
         resumed = deliberation_env.parallel_env(cache=cache, max_concurrency=1, **kw)
         traces = [play(resumed, seed) for seed in range(3)]
         total = committed + srv.hits
-        assert resumed.core.backend.backend.cache.stats()["hits"] == committed
+        assert resumed.backend.cache.stats()["hits"] == committed
     with OpenAIServer(ScriptedResponder(ANSWERS)) as fresh:
         kw["base_url"] = fresh.url
         clean = deliberation_env.parallel_env(**kw)
@@ -433,7 +433,7 @@ def test_episode_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None
             base_url=srv.url, max_concurrency=4, cache=tmp_path / "c.sqlite", **kw
         )
         trace = play(env, seed=0)
-        records = env.core.state.records[0]
+        records = list(env.solutions().values())
         assert all(isinstance(r.text, str) for r in records)
         assert all(r.logprob_confidence is not None for r in records)
         assert all(0 < r.completion_tokens <= 12 for r in records)

@@ -1,11 +1,11 @@
-"""PPO (IPPO / MAPPO): GAE against hand-worked values, smoke tests of the update, and a
-learning test on the `toy` profile against the trivial protocols."""
+"""PPO (IPPO / MAPPO): config checks, smoke tests of the update, resume, and a learning
+test on the `toy` profile against the trivial protocols. GAE's maths is tested by hand in
+tests/test_advantages.py."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,98 +13,20 @@ from algorithms.common import make_policy, split_tasks
 from algorithms.evaluate import evaluate
 from algorithms.heuristics import make_protocol
 from algorithms.policy import MetaPolicy
-from algorithms.ppo import PPOConfig, explained_variance, gae, train, with_value_head
+from algorithms.ppo import PPOConfig, train, with_value_head
 from deliberation_env.observation import ObservationLayout
 
 
-def col(*xs: float) -> np.ndarray:
-    """A single env, single agent trajectory ``[T, 1, 1]``."""
-    return np.array(xs, np.float64)[:, None, None]
-
-
-# --------------------------------------------------------------------------- gae
-def test_gae_lambda_one_is_return_to_go_minus_value():
-    # gamma = lam = 1: A_t = (sum of rewards from t) - V_t.
-    # Returns-to-go of rewards (1, 0, 2): (3, 2, 2); minus V (0.5, 1.0, 1.5).
-    adv, ret = gae(col(1, 0, 2), col(0.5, 1.0, 1.5), np.ones((3, 1), bool), gamma=1.0, lam=1.0)
-    np.testing.assert_allclose(adv[:, 0, 0], [2.5, 1.0, 0.5], atol=1e-6)
-    np.testing.assert_allclose(ret[:, 0, 0], [3.0, 2.0, 2.0], atol=1e-6)
-
-
-def test_gae_hand_worked_gamma_and_lambda():
-    # gamma = 0.9, lam = 0.95, so gamma * lam = 0.855. V after the last round is 0.
-    # delta_2 = 2 - 1.5                = 0.5
-    # delta_1 = 0 + 0.9 * 1.5 - 1.0    = 0.35
-    # delta_0 = 1 + 0.9 * 1.0 - 0.5    = 1.4
-    # A_2 = 0.5
-    # A_1 = 0.35 + 0.855 * 0.5         = 0.7775
-    # A_0 = 1.4 + 0.855 * 0.7775       = 2.0647625
-    # returns = A + V = (2.5647625, 1.7775, 2.0)
-    adv, ret = gae(col(1, 0, 2), col(0.5, 1.0, 1.5), np.ones((3, 1), bool), gamma=0.9, lam=0.95)
-    np.testing.assert_allclose(adv[:, 0, 0], [2.0647625, 0.7775, 0.5], atol=1e-6)
-    np.testing.assert_allclose(ret[:, 0, 0], [2.5647625, 1.7775, 2.0], atol=1e-6)
-
-
-def test_gae_lambda_half():
-    # gamma = 1, lam = 0.5: deltas (1.5, 0.5, 0.5) as 1 + 1.0 - 0.5, 0 + 1.5 - 1.0, 2 - 1.5.
-    # A_2 = 0.5; A_1 = 0.5 + 0.5 * 0.5 = 0.75; A_0 = 1.5 + 0.5 * 0.75 = 1.875.
-    adv, ret = gae(col(1, 0, 2), col(0.5, 1.0, 1.5), np.ones((3, 1), bool), gamma=1.0, lam=0.5)
-    np.testing.assert_allclose(adv[:, 0, 0], [1.875, 0.75, 0.5], atol=1e-6)
-    np.testing.assert_allclose(ret[:, 0, 0], [2.375, 1.75, 2.0], atol=1e-6)
-
-
-def test_gae_gamma_zero_is_one_step_advantage():
-    adv, ret = gae(col(1, 0, 2), col(0.5, 1.0, 1.5), np.ones((3, 1), bool), gamma=0.0, lam=0.95)
-    np.testing.assert_allclose(adv[:, 0, 0], [0.5, -1.0, 0.5], atol=1e-6)
-    np.testing.assert_allclose(ret[:, 0, 0], [1.0, 0.0, 2.0], atol=1e-6)
-
-
-def test_gae_episode_ending_early_is_terminal():
-    # Env 0 plays 3 rounds; env 1 ends after round 0 (e.g. stop_on_consensus).
-    # Env 1's later rows hold junk (reward 5, value 9) that must neither count nor leak.
-    # Env 1, gamma = 1, lam = 0.95: the value after its last round is 0, so
-    # A_0 = 1 - 0.25 = 0.75 and the return is 1.0; its inactive rows are 0.
-    # Env 0, rewards (0, 0, 1) and values 0: A = (0.9025, 0.95, 1) = return.
-    rewards = np.zeros((3, 2, 1))
-    values = np.zeros((3, 2, 1))
-    rewards[:, 0, 0] = [0, 0, 1]
-    rewards[:, 1, 0] = [1, 5, 5]
-    values[:, 1, 0] = [0.25, 9, 9]
-    active = np.array([[True, True], [True, False], [True, False]])
-    adv, ret = gae(rewards, values, active, gamma=1.0, lam=0.95)
-    np.testing.assert_allclose(adv[:, 0, 0], [0.9025, 0.95, 1.0], atol=1e-6)
-    np.testing.assert_allclose(ret[:, 0, 0], [0.9025, 0.95, 1.0], atol=1e-6)
-    np.testing.assert_allclose(adv[:, 1, 0], [0.75, 0.0, 0.0], atol=1e-6)
-    np.testing.assert_allclose(ret[:, 1, 0], [1.0, 0.0, 0.0], atol=1e-6)
-
-
-def test_gae_agents_are_independent():
-    # Two agents of one env: agent 1's numbers equal a solo run of its own trajectory.
-    rewards = np.stack([col(1, 0, 2)[:, :, 0], col(0, 0, 1)[:, :, 0]], axis=-1)  # [3, 1, 2]
-    values = np.stack([col(0.5, 1.0, 1.5)[:, :, 0], np.zeros((3, 1))], axis=-1)
-    adv, _ = gae(rewards, values, np.ones((3, 1), bool), gamma=0.9, lam=0.95)
-    np.testing.assert_allclose(adv[:, 0, 0], [2.0647625, 0.7775, 0.5], atol=1e-6)
-    # agent 1: deltas (0, 0, 1); A_1 = 0.855, A_0 = 0.855^2 = 0.731025.
-    np.testing.assert_allclose(adv[:, 0, 1], [0.731025, 0.855, 1.0], atol=1e-6)
-
-
-def test_gae_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match=r"active \[T, B\]"):
-        gae(np.zeros((3, 2, 3)), np.zeros((3, 2, 3)), np.ones((3, 3), bool))
-
-
-def test_explained_variance():
-    y = np.array([1.0, 2.0, 3.0])
-    assert explained_variance(y, y) == 1.0
-    assert explained_variance(np.zeros(3), y) == 0.0
-    assert math.isnan(explained_variance(y, np.ones(3)))
-
-
+# --------------------------------------------------------------------------- config
 def test_config_validation():
     with pytest.raises(ValueError, match="gamma"):
         PPOConfig(gamma=1.5)
     with pytest.raises(ValueError, match="gae_lambda"):
         PPOConfig(gae_lambda=-0.1)
+    with pytest.raises(ValueError, match="PPO has no group returns"):
+        PPOConfig(reward_transform="exp")
+    with pytest.raises(ValueError, match="reward_transform='nope'"):
+        PPOConfig(reward_transform="nope")
 
 
 # --------------------------------------------------------------------------- smoke

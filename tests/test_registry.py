@@ -3,37 +3,42 @@ change (docs/new_algorithm.md), and the page's worked example runs as written.""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from algorithms.cli import main
-from algorithms.common import TrainConfig, Trainer, grouped_advantages, policy_gradient_update
-from algorithms.experiments import PRESETS, Preset, run_compare
+from algorithms import advantages
+from algorithms.common import TrainConfig, grouped_advantages, policy_gradient_update
 from algorithms.heuristics import PROTOCOLS
 from algorithms.registry import ALGORITHMS, get_algorithm, register_algorithm
+from algorithms.trainer import make_train
 from deliberation_env import load_tasks
+from experiments.budgets import BUDGETS, Budget
+from experiments.cli import main
+from experiments.compare import evaluate_runs, run_compare
+from experiments.paper.setup import Setup
+from experiments.pipeline import train_rl
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "new_algorithm.md"
 
-TINY = Preset(
+TINY = Budget(
     updates=2,
     questions_per_update=4,
     group_size=4,
     sft_episodes=16,
     sft_epochs=1,
     eval_episodes=40,
-    seeds=(0,),
-    methods=("rloo_test",),
+    eval_seeds=(0,),
+    train_seeds=(0,),
 )
-"""A budget of seconds; added to PRESETS only inside a test."""
+"""A budget of seconds."""
 
 
 # ---------------------------------------------------------------------- the method
@@ -45,24 +50,13 @@ class RLOOTestConfig(TrainConfig):
     """Clip the surrogate (False: plain policy gradient)."""
 
 
-def rloo_advantages(rewards: Any) -> np.ndarray:
-    """Leave-one-out baseline over the last (group) axis."""
-    r = np.asarray(rewards, dtype=np.float64)
-    G = r.shape[-1]
-    return r - (r.sum(-1, keepdims=True) - r) / (G - 1)
-
-
-def update(policy, ref, optimizer, roll, cfg: RLOOTestConfig) -> dict[str, float]:
-    adv = grouped_advantages(roll, rloo_advantages)
+def update(policy, ref, optimizer, roll, cfg: RLOOTestConfig, generator) -> dict[str, float]:
+    adv = grouped_advantages(roll, advantages.rloo, cfg.reward_transform)
     clip = cfg.clip if cfg.use_clip else None
-    return policy_gradient_update(policy, ref, optimizer, roll, adv, cfg, clip=clip)
+    return policy_gradient_update(policy, ref, optimizer, roll, adv, cfg, clip, generator)
 
 
-def train(cfg=None, policy=None, ref=None, resume=False, progress=True):
-    trainer = Trainer("rloo_test", cfg or RLOOTestConfig(), update, policy, ref, progress)
-    if resume:
-        trainer.resume()
-    return trainer.run()
+train = make_train("rloo_test", RLOOTestConfig, update)
 
 
 @pytest.fixture
@@ -78,26 +72,14 @@ def registry():
 
 
 # ---------------------------------------------------------------------- tests
-def test_rloo_advantages_by_hand() -> None:
-    # [0, 1, 1, 3]: baselines (1+1+3)/3, (0+1+3)/3, (0+1+3)/3, (0+1+1)/3
-    adv = rloo_advantages([0.0, 1.0, 1.0, 3.0])
-    np.testing.assert_allclose(adv, [-5 / 3, -1 / 3, -1 / 3, 7 / 3])
-    # leave-one-out = G / (G - 1) times the mean-centred reward: zero mean per group
-    r = np.random.default_rng(0).normal(size=(5, 3, 8))
-    np.testing.assert_allclose(rloo_advantages(r), 8 / 7 * (r - r.mean(-1, keepdims=True)))
-
-
 def test_registered_algorithm_is_loadable(registry) -> None:
     cls, fn = get_algorithm("rloo_test").load()
     assert cls is RLOOTestConfig and fn is train
 
 
-def test_registered_algorithm_appears_in_run_compare(
-    registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(PRESETS, "test_tiny", TINY)  # removed again after the test
+def test_registered_algorithm_appears_in_run_compare(registry, tmp_path: Path) -> None:
     results = run_compare(
-        preset="test_tiny",
+        budget=TINY,
         out=tmp_path,
         profile="toy",
         tasks="arithmetic:200",
@@ -140,15 +122,14 @@ def test_registered_algorithm_trains_from_cli(registry, tmp_path: Path) -> None:
 
 
 def test_registered_algorithm_in_reproduce_pipeline(registry) -> None:
-    """`algorithms.reproduce` loads learned methods through the registry: SFT, then ours."""
-    reproduce = pytest.importorskip("algorithms.reproduce")
-    setup = reproduce.Setup(budget=reproduce.BUDGETS["tiny"], progress=False)
-    policy, history = reproduce.train_rl(setup, "rloo_test", "toy", "arithmetic:200", seed=7)
-    assert len(history) == reproduce.BUDGETS["tiny"].updates
-    runs = reproduce.evaluate_runs(
-        setup, [policy], setup.eval_config("toy"), load_tasks("arithmetic:200")[:40]
-    )
-    assert len(runs) == len(setup.budget.eval_seeds)
+    """The paper's pipeline loads learned methods through the registry: SFT, then ours."""
+    setup = Setup(budget=BUDGETS["tiny"], progress=False)
+    policy, history = train_rl(setup, "rloo_test", "toy", "arithmetic:200", seed=7)
+    assert len(history) == BUDGETS["tiny"].updates
+    eval_seeds = setup.budget.eval_seeds
+    tasks = load_tasks("arithmetic:200")[:40]
+    runs = evaluate_runs([policy], setup.eval_config("toy"), tasks, eval_seeds, 40)
+    assert len(runs) == len(eval_seeds)
     assert all(0.0 <= r["team_accuracy"] <= 1.0 for r in runs)
 
 
@@ -157,27 +138,34 @@ def test_unknown_algorithm_names_the_registered_ones() -> None:
         get_algorithm("no_such_algorithm")
 
 
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
+
+
+def test_doc_shows_the_library_advantage_function() -> None:
+    """The page's `rloo` is `algorithms.advantages.rloo` as written."""
+    shown = next(b for b in _python_blocks() if b.startswith("def rloo("))
+    assert shown == inspect.getsource(advantages.rloo)
+
+
 def test_doc_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The RLOO module of docs/new_algorithm.md registers itself and trains."""
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
-    source = next(b for b in blocks if "class RLOOConfig" in b)
+    source = next(b for b in _python_blocks() if "class RLOOConfig" in b)
     module = types.ModuleType("rloo_doc_example")
     monkeypatch.setitem(sys.modules, module.__name__, module)
     saved = dict(ALGORITHMS)
     try:
         exec(compile(source, str(DOC), "exec"), module.__dict__)
         cls, fn = get_algorithm("rloo").load()
-        assert cls is module.RLOOConfig
-        np.testing.assert_allclose(
-            module.rloo_advantages([0.0, 1.0, 1.0, 3.0]), [-5 / 3, -1 / 3, -1 / 3, 7 / 3]
-        )
-        with pytest.raises(ValueError, match="group_size >= 2"):
-            module.rloo_advantages([1.0])
+        assert cls is module.RLOOConfig and fn is module.train
         cfg = cls(profile="toy", tasks="arithmetic:100", updates=2, questions_per_update=4,
                   group_size=4)  # fmt: skip
         policy, history = fn(cfg, progress=False)
         assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
         assert history[-1]["agent_steps"] > 0 and "team_accuracy" in history[-1]
+        with pytest.raises(ValueError, match="group_size >= 2"):
+            fn(cls(profile="toy", tasks="arithmetic:100", updates=1, questions_per_update=4,
+                   group_size=1), progress=False)  # fmt: skip
     finally:
         ALGORITHMS.clear()
         ALGORITHMS.update(saved)

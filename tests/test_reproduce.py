@@ -1,26 +1,29 @@
-"""The paper's reproduction experiments (`algorithms.reproduce`): each runs end to end on
-a minimal budget and writes its JSON, Markdown and figures; SoftRankPO is exactly
-invariant to increasing reward transforms while GRPO is not; the effective-action
-accounting on hand-worked cases."""
+"""The paper's reproduction experiments (`experiments.reproduce`): each runs end to end on
+a minimal budget and writes its JSON, Markdown and figures, which `--render-only` redraws
+from the JSON alone; SoftRankPO is exactly invariant to increasing reward transforms while
+GRPO is not; the effective-action accounting on hand-worked cases; one `Budget` for
+compare and reproduce."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from agents.simulated import SimulatedBackend
-from algorithms import reproduce
-from algorithms.cli import main as cli_main
-from algorithms.reproduce import (
-    Budget,
-    Setup,
-    effective_action_counts,
-    effective_shares,
-    pareto_front,
-)
+from algorithms.evaluate import EFFECTIVE_KEYS, effective_action_counts, effective_shares
 from deliberation_env.backends import BACKENDS, register_backend
+from experiments import pipeline
+from experiments.budgets import BUDGETS, Budget, get_budget
+from experiments.cli import main as cli_main
+from experiments.compare import run_compare
+from experiments.paper import setup as paper
+from experiments.paper.setup import Setup
+from experiments.paper.tau_sweep import VARIANTS as TAU_VARIANTS
+from experiments.reproduce import render_experiment, reproduce
+from experiments.stats import pareto_front
 
 P, R, C = 0, 1, 2  # PERSIST, REFINE, CONCEDE
 
@@ -29,7 +32,7 @@ MINIMAL = Budget(updates=2, questions_per_update=4, group_size=4, sft_episodes=3
 
 
 # The simulator reads question ids only; a small question set keeps generation cheap.
-TASKS = {b: "arithmetic:300" for b in reproduce.BENCHMARKS}
+TASKS = {b: "arithmetic:300" for b in paper.BENCHMARKS}
 
 
 def _setup(**kw) -> Setup:
@@ -44,6 +47,19 @@ def _check_outputs(out, results, figures):
     for name in figures:
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
         assert name in saved["files"]
+    _check_render_only(out, saved)
+
+
+def _check_render_only(out, saved):
+    """`render` rebuilds the Markdown byte for byte, and the figures, from results.json."""
+    again = out / "rendered"
+    again.mkdir()
+    shutil.copy(out / "results.json", again / "results.json")
+    written = render_experiment(saved["experiment"], again)
+    assert [p.name for p in written] == saved["files"][1:]
+    assert (again / "results.md").read_bytes() == (out / "results.md").read_bytes()
+    for name in saved["files"][2:]:
+        assert (again / name).read_bytes()[:4] == b"\x89PNG", name
 
 
 # --------------------------------------------------------------------------- hand cases
@@ -66,7 +82,7 @@ def test_effective_action_counts_hand_worked():
     assert shares["persist"] == pytest.approx(3 / 9)
     assert shares["concede_noop"] == pytest.approx(4 / 9)
     assert shares["keeps_answer_without_llm"] == pytest.approx(7 / 9)
-    assert sum(shares[k] for k in reproduce.EFFECTIVE_KEYS) == pytest.approx(1.0)
+    assert sum(shares[k] for k in EFFECTIVE_KEYS) == pytest.approx(1.0)
 
 
 def test_pareto_front_hand_worked():
@@ -78,7 +94,7 @@ def test_pareto_front_hand_worked():
 
 # --------------------------------------------------------------------------- invariance
 def test_reward_scale_softrankpo_identical_grpo_differs(tmp_path):
-    results = reproduce.reward_scale(_setup(), tmp_path)
+    results = reproduce("reward-scale", _setup(), tmp_path)
     inv = results["invariance"]
     assert set(inv["softrankpo"]) == {"x0.1", "x10", "exp"}
     assert all(d == 0.0 for d in inv["softrankpo"].values()), inv
@@ -94,33 +110,33 @@ def test_reward_scale_softrankpo_identical_grpo_differs(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 def test_main_table_end_to_end(tmp_path):
-    results = reproduce.main_table(_setup(), tmp_path, benchmarks=("gsm8k", "aime"))
+    results = reproduce("main-table", _setup(), tmp_path, benchmarks=("gsm8k", "aime"))
     assert results["columns"] == ["gsm8k", "aime"]
-    assert list(results["table"]) == list(reproduce.ROWS)
+    assert list(results["table"]) == list(paper.ROWS)
     srpo = results["table"]["sft+softrankpo"]
     assert len(srpo["average"]["values"]) == len(MINIMAL.eval_seeds)
     assert np.mean(srpo["average"]["values"]) == pytest.approx(srpo["average"]["mean"])
-    assert results["claims"]["strongest_baseline"] in reproduce.HEURISTICS
+    assert results["claims"]["strongest_baseline"] in paper.HEURISTICS
     md = (tmp_path / "results.md").read_text()
     assert "| SFT+SoftRankPO |" in md and "55.74%" in md and "Simulated" in md
     _check_outputs(tmp_path, results, ["main_table.png"])
 
 
 def test_backbones_and_tau_sweep_end_to_end(tmp_path):
-    results = reproduce.backbones(_setup(), tmp_path / "bb", backbones=("llama3.2-3b",))
+    results = reproduce("backbones", _setup(), tmp_path / "bb", backbones=("llama3.2-3b",))
     entry = results["backbones"]["llama3.2-3b"]
     assert entry["profile"] == "llama3.2-3b/gsm8k"
-    assert entry["best_heuristic"] in reproduce.HEURISTICS
+    assert entry["best_heuristic"] in paper.HEURISTICS
     _check_outputs(tmp_path / "bb", results, ["backbones.png"])
-    results = reproduce.tau_sweep(_setup(), tmp_path / "tau", taus=(0.4, 0.8))
-    for variant in reproduce.TAU_VARIANTS:
+    results = reproduce("tau-sweep", _setup(), tmp_path / "tau", taus=(0.4, 0.8))
+    for variant in TAU_VARIANTS:
         assert set(results["taus"][variant]) == {"0.4", "0.8"}
         assert results["best_tau"][variant] in (0.4, 0.8)
     _check_outputs(tmp_path / "tau", results, ["tau_sweep.png"])
 
 
 def test_rounds_agents_end_to_end(tmp_path):
-    results = reproduce.rounds_agents(_setup(), tmp_path, rounds=(1, 5), agents=(2, 5))
+    results = reproduce("rounds-agents", _setup(), tmp_path, rounds=(1, 5), agents=(2, 5))
     rounds, agents = results["sweeps"]["rounds"], results["sweeps"]["agents"]
     assert [p["max_rounds"] for p in rounds] == [1, 5]
     assert [p["num_agents"] for p in agents] == [2, 5]
@@ -129,7 +145,7 @@ def test_rounds_agents_end_to_end(tmp_path):
 
 
 def test_action_shift_and_tokens_end_to_end(tmp_path):
-    results = reproduce.action_shift(_setup(), tmp_path / "shift")
+    results = reproduce("action-shift", _setup(), tmp_path / "shift")
     for stage in results["stages"].values():
         labelled, effective = stage["action_shares"], stage["effective_shares"]
         # The effective split refines the labelled one: same PERSIST and REFINE, and the
@@ -141,7 +157,7 @@ def test_action_shift_and_tokens_end_to_end(tmp_path):
         )
         assert len(stage["effective_shares_per_round"]) == 3
     _check_outputs(tmp_path / "shift", results, ["action_shift.png"])
-    results = reproduce.tokens(_setup(), tmp_path / "tokens")
+    results = reproduce("tokens", _setup(), tmp_path / "tokens")
     assert "oracle" not in results["pareto_front"] and results["pareto_front"]
     assert results["ratios"]["softrankpo_over_debate"] > 0
     _check_outputs(tmp_path / "tokens", results, ["tokens_pareto.png"])
@@ -154,8 +170,8 @@ def test_real_backend_path_trains_on_simulator_and_skips_humaneval(tmp_path):
     try:
         setup = _setup(backend="reproduce-test")
         rows = ("self_consistency", "sft+softrankpo", "oracle")
-        results = reproduce.main_table(setup, tmp_path, benchmarks=("gsm8k", "humaneval"),
-                                       rows=rows)  # fmt: skip
+        results = reproduce("main-table", setup, tmp_path, benchmarks=("gsm8k", "humaneval"),
+                            rows=rows)  # fmt: skip
     finally:
         BACKENDS.pop("reproduce-test")
     assert results["columns"] == ["gsm8k"]
@@ -175,3 +191,53 @@ def test_cli_reproduce(tmp_path, capsys):
     assert saved["config"]["benchmark"] == "math"
     assert saved["config"]["tasks"] == {"math": "arithmetic:300"}
     assert "action-shift" in capsys.readouterr().out
+
+
+def test_cli_render_only_redraws_without_training(tmp_path, capsys, monkeypatch):
+    assert cli_main(["reproduce", "tokens", "--budget", "tiny", "--out", str(tmp_path),
+                     "--tasks", "gsm8k=arithmetic:300"]) == 0  # fmt: skip
+    markdown = (tmp_path / "results.md").read_bytes()
+    (tmp_path / "results.md").unlink()
+    (tmp_path / "tokens_pareto.png").unlink()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--render-only trained a policy")
+
+    monkeypatch.setattr(pipeline, "get_algorithm", no_training)
+    pipeline._CACHE.clear()
+    assert cli_main(["reproduce", "tokens", "--render-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "results.md").read_bytes() == markdown
+    assert (tmp_path / "tokens_pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "rendered" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="holds experiment 'tokens'"):
+        render_experiment("backbones", tmp_path)
+    with pytest.raises(FileNotFoundError, match="without --render-only"):
+        render_experiment("tokens", tmp_path / "nothing")
+
+
+# --------------------------------------------------------------------------- budgets
+def test_one_budget_type_for_compare_and_reproduce(tmp_path):
+    # `make run` (compare --budget quick) and reproduce's quick budget: the numbers of today.
+    assert BUDGETS["quick"] == Budget(updates=40, questions_per_update=32, group_size=8,
+                                      sft_episodes=2048, sft_epochs=8, eval_episodes=1000,
+                                      eval_seeds=(0, 1, 2), train_seeds=(0,))  # fmt: skip
+    assert get_budget("full") is BUDGETS["paper"]  # the older name of the paper's protocol
+    assert len(BUDGETS["paper"].train_seeds) == len(BUDGETS["paper"].eval_seeds) == 3
+    assert get_budget(MINIMAL) is MINIMAL
+    with pytest.raises(ValueError, match="valid budgets: tiny, quick, paper, full"):
+        get_budget("huge")
+    # compare reads the same type: one policy per training seed, cycled over the seeds.
+    two = Budget(updates=1, questions_per_update=4, group_size=4, sft_episodes=16,
+                 sft_epochs=1, eval_episodes=20, eval_seeds=(0, 1), train_seeds=(0, 1))  # fmt: skip
+    results = run_compare(two, tmp_path, profile="toy", tasks="arithmetic:200", seed=3,
+                          methods=("grpo",), progress=False)  # fmt: skip
+    assert (tmp_path / "grpo" / "seed3" / "policy.pt").exists()
+    assert (tmp_path / "grpo" / "seed4" / "policy.pt").exists()
+    assert results["config"]["train_seeds"] == [0, 1] and results["config"]["seeds"] == [0, 1]
+    assert results["methods"]["grpo"]["seeds"] == [0, 1]
+    assert results["methods"]["grpo"]["episodes"] == two.eval_episodes
+    # `--preset` is the older name of `--budget`, in both commands.
+    with pytest.raises(ValueError, match="unknown budget 'huge'"):
+        cli_main(["compare", "--preset", "huge", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="unknown budget 'huge'"):
+        cli_main(["reproduce", "tokens", "--preset", "huge", "--out", str(tmp_path / "y")])

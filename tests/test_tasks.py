@@ -26,6 +26,7 @@ from deliberation_env.tasks import (
     normalize_answer,
     parse_number,
     register_loader,
+    train_eval_split,
     verify,
 )
 
@@ -526,3 +527,42 @@ def test_math_verify_works_from_a_worker_thread():
     thread.join(timeout=60)
     assert "error" not in results, results.get("error")
     assert results == {"same": True, "different": False}
+
+
+# --------------------------------------------------------------------------- splitting
+def test_train_eval_split_is_disjoint_deterministic_and_drops_repeated_questions():
+    tasks = load_tasks("arithmetic:400")
+    # Re-issued questions under new ids (and other spacing or case) must not leak into eval.
+    copies = [Task(id=f"copy/{i}", question=f"  {t.question.upper()} ", answer=t.answer,
+                   kind=t.kind) for i, t in enumerate(tasks[:100])]  # fmt: skip
+    pool = tasks + copies
+    train, held_out = train_eval_split(pool, eval_fraction=0.25, seed=0)
+    assert {t.id for t in train}.isdisjoint({t.id for t in held_out})
+
+    def norm(text: str) -> str:
+        return " ".join(text.split()).casefold()
+
+    assert {norm(t.question) for t in train}.isdisjoint({norm(t.question) for t in held_out})
+    # Every task is in train, in eval, or dropped because train asks the same question.
+    seen = {norm(t.question) for t in train}
+    placed = {t.id for t in train} | {t.id for t in held_out}
+    dropped = [t for t in pool if t.id not in placed]
+    assert dropped and all(norm(t.question) in seen for t in dropped)
+    assert any(t.id.startswith("copy/") for t in held_out)  # copies are not all dropped
+    plain = train_eval_split(tasks, eval_fraction=0.25, seed=0)[1]
+    assert 0.18 < len(plain) / len(tasks) < 0.32
+
+    again = train_eval_split(list(reversed(pool)), eval_fraction=0.25, seed=0)
+    assert {t.id for t in again[1]} == {t.id for t in held_out}
+    other = train_eval_split(pool, eval_fraction=0.25, seed=1)
+    assert {t.id for t in other[1]} != {t.id for t in held_out}
+    assert train_eval_split(pool, eval_fraction=0.0)[1] == []
+    assert train_eval_split(pool, eval_fraction=1.0)[0] == []
+    with pytest.raises(ValueError, match="eval_fraction"):
+        train_eval_split(pool, eval_fraction=1.5)
+
+
+def test_train_eval_split_is_exported_from_the_package():
+    import deliberation_env
+
+    assert deliberation_env.train_eval_split is train_eval_split

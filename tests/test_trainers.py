@@ -1,19 +1,24 @@
 """Every group trainer: parameters change and losses are finite; learning beats trivial
-protocols on the `toy` profile; a golden run; checkpoints and resume."""
+protocols on the `toy` profile; a golden run; checkpoints and resume; the reward transform
+as a config field; the trainer's own generator (global seeding changes nothing)."""
 
 from __future__ import annotations
 
+import inspect
 import json
+from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from algorithms import grpo, reinforce, sft, softrankpo
-from algorithms.common import TrainConfig, split_tasks
+from algorithms import grpo, ppo, reinforce, sft, softrankpo
+from algorithms.common import TrainConfig, grouped_advantages, policy_gradient_update, split_tasks
 from algorithms.evaluate import evaluate
 from algorithms.heuristics import make_protocol
 from algorithms.policy import MetaPolicy
+from algorithms.trainer import Trainer
 
 TINY = dict(
     profile="toy",
@@ -151,3 +156,131 @@ def test_learning_beats_trivial_protocols_on_toy(name):
     persist = _team_accuracy(make_protocol("always_persist"), cfg)
     assert learned > random + 0.01, (learned, random)
     assert learned > persist + 0.01, (learned, persist)
+
+
+# ---------------------------------------------------------------- reward transforms
+# The reward-scale experiment's transforms and update, as `algorithms.reproduce` built them
+# before the transform was a config field (kept here so the two paths can be compared).
+_TRANSFORMS = {"x0.1": lambda r: 0.1 * r, "x1": lambda r: r, "x10": lambda r: 10.0 * r,
+               "exp": np.exp}  # fmt: skip
+
+
+def _transformed_update(method: str, transform: str):
+    fn = _TRANSFORMS[transform]
+
+    def update(policy, ref, optimizer, roll, cfg) -> dict[str, float]:
+        if method == "softrankpo":
+            advantage = partial(softrankpo.softrank_advantages, tau=cfg.tau)
+        else:
+            advantage = partial(grpo.grpo_advantages, scale_rewards=cfg.scale_rewards)
+        adv = grouped_advantages(roll, lambda r: advantage(fn(r)))
+        stats = policy_gradient_update(policy, ref, optimizer, roll, adv, cfg, clip=cfg.clip)
+        return {**stats, "adv_std": float(adv.std())}
+
+    return update
+
+
+def _numbers(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+GROUP_METHODS = {
+    "softrankpo": (softrankpo.train, softrankpo.SoftRankPOConfig),
+    "grpo": (grpo.train, grpo.GRPOConfig),
+}
+
+
+@pytest.mark.parametrize("transform", ["x0.1", "exp"])
+@pytest.mark.parametrize("method", sorted(GROUP_METHODS))
+def test_reward_transform_field_equals_the_rebuilt_update(method, transform):
+    train, make_cfg = GROUP_METHODS[method]
+    cfg = make_cfg(**TINY)
+    rebuilt = Trainer(method, cfg, _transformed_update(method, transform), progress=False)
+    policy_a, history_a = rebuilt.run()
+    policy_b, history_b = train(replace(cfg, reward_transform=transform), progress=False)
+    assert _numbers(history_a) == _numbers(history_b)
+    assert torch.equal(_params(policy_a), _params(policy_b))
+    # SoftRankPO only sees the order of the returns: the transform changes nothing.
+    # GRPO's advantages, and so its run, depend on the values under `exp`.
+    _, plain = train(cfg, progress=False)
+    if method == "softrankpo":
+        assert _numbers(plain) == _numbers(history_b)
+    elif transform == "exp":
+        assert _numbers(plain) != _numbers(history_b)
+
+
+def test_unknown_reward_transform_is_rejected():
+    with pytest.raises(ValueError, match="reward_transform='log' is not one of"):
+        TrainConfig(reward_transform="log")
+    with pytest.raises(ValueError, match="reward_transform"):
+        softrankpo.SoftRankPOConfig(reward_transform="x2")
+    with pytest.raises(ValueError, match="reward_transform"):
+        grpo.GRPOConfig(reward_transform="x2")
+
+
+# ---------------------------------------------------------------- the trainer's generator
+def _reseeding(update):
+    """`update`, with torch's global generator reseeded and drawn from around each call."""
+
+    def wrapped(policy, ref, optimizer, roll, cfg, generator):
+        torch.manual_seed(int(torch.randint(10_000, ())))
+        torch.rand(7)
+        stats = update(policy, ref, optimizer, roll, cfg, generator)
+        torch.manual_seed(12345)
+        return stats
+
+    return wrapped
+
+
+@pytest.mark.parametrize("method", ["softrankpo", "ppo"])
+def test_global_torch_seeding_changes_nothing(method):
+    if method == "ppo":
+        cfg = ppo.PPOConfig(profile="toy", questions_per_update=16, updates=2)
+        train, update, size = ppo.train, ppo.update, ppo.critic_state_size(cfg)
+    else:
+        cfg = softrankpo.SoftRankPOConfig(**TINY)
+        train, update, size = softrankpo.train, softrankpo.update, None
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    policy_a, history_a = train(cfg, progress=False)
+    assert torch.equal(before, torch.get_rng_state()), "training read torch's global generator"
+    torch.manual_seed(2)
+    torch.rand(100)
+    trainer = Trainer(method, cfg, _reseeding(update), progress=False, critic_state_size=size)
+    policy_b, history_b = trainer.run()
+    assert _numbers(history_a) == _numbers(history_b)
+    assert torch.equal(_params(policy_a), _params(policy_b))
+
+
+def test_checkpoint_holds_the_generator_state(tmp_path):
+    cfg = softrankpo.SoftRankPOConfig(**dict(TINY, updates=1), out=str(tmp_path))
+    trainer = Trainer("softrankpo", cfg, softrankpo.update, progress=False)
+    trainer.run()
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert torch.equal(payload["generator"], trainer.generator.get_state())
+    assert "torch_rng" not in payload
+
+
+# ---------------------------------------------------------------- make_train
+@pytest.mark.parametrize("module", [softrankpo, grpo, reinforce, ppo])
+def test_every_method_exports_the_same_train(module):
+    params = list(inspect.signature(module.train).parameters)
+    assert params == ["cfg", "policy", "ref", "progress", "resume"]
+    assert module.train.__module__ == module.__name__
+    assert module.train.__doc__.startswith("Train a meta-policy with ")
+
+
+def test_rank_matching_logs_its_own_diagnostics():
+    cfg = softrankpo.SoftRankPOConfig(loss="rank_matching", **TINY)
+    _, history = softrankpo.train(cfg, progress=False)
+    for row in history:
+        assert 0.0 <= row["top1_agreement"] <= 1.0
+        assert np.isfinite(row["approx_kl"]) and np.isfinite(row["pg_loss"])
+
+
+def test_trainer_keeps_its_old_import_path():
+    from algorithms import common
+
+    assert common.Trainer is Trainer
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = common.Nope

@@ -10,6 +10,7 @@ from scripted_backend import TASKS, W1, W2, R, Say, ScriptedBackend
 import deliberation_env
 from deliberation_env import VectorDeliberationEnv
 from deliberation_env.observation import ObservationLayout
+from deliberation_env.protocol import Solution
 
 LAYOUT = ObservationLayout(4)
 ROUND = LAYOUT.index("own.round")
@@ -30,6 +31,7 @@ PARITY_CONFIGS = {
     "default": {},
     "terminal_stop_on_consensus": {"reward": "terminal", "stop_on_consensus": True},
     "four_agents_token_cost": {"num_agents": 4, "token_cost": 0.3, "tie_break": "random"},
+    "weighted_vote_most_confident": {"vote": "weighted", "concede_rule": "most_confident"},
 }
 
 
@@ -54,6 +56,7 @@ def test_vector_matches_separate_envs(kwargs):
             mismatches.setdefault(name, []).append((t, b))
 
     episode_start = [0] * B
+    answers = [stacked(i, "answer") for _, i in firsts]
     for t in range(steps):
         actions = masked_actions(rng, infos["action_mask"])
         obs, rewards, terminated, truncated, infos = vec.step(actions)
@@ -69,6 +72,11 @@ def test_vector_matches_separate_envs(kwargs):
             check("rewards", np.array_equal(rewards[b], stacked(r).astype(np.float32)), t, b)
             check("tokens", np.array_equal(infos["tokens"][b], stacked(i, "tokens")), t, b)
             check("correct", np.array_equal(infos["correct"][b], stacked(i, "correct")), t, b)
+            answer = stacked(i, "answer")
+            check("changed", np.array_equal(infos["changed"][b], answer != answers[b]), t, b)
+            agree = answer[0] is not None and all(x == answer[0] for x in answer)
+            check("consensus", bool(infos["consensus"][b]) == agree, t, b)
+            check("rounds", int(infos["rounds"][b]) == t + 1 - episode_start[b], t, b)
             for name, values in infos["reward_terms"].items():
                 single = [i[a]["reward_terms"][name] for a in env.possible_agents]
                 check(f"reward_terms.{name}", np.array_equal(values[b], single), t, b)
@@ -95,6 +103,7 @@ def test_vector_matches_separate_envs(kwargs):
                     b,
                 )
                 o, i = env.reset()  # the next episode of the same seed stream
+            answers[b] = stacked(i, "answer")
             check("obs", np.array_equal(obs[b], stacked(o)), t, b)
             check(
                 "action_mask",
@@ -241,3 +250,101 @@ def test_one_backend_call_per_round_covers_every_env():
     assert [c[0] for c in backend.calls] == ["solve", "refine", "refine", "solve"]
     assert len(backend.calls[-2][1]) == 9
     assert len(backend.calls[-1][1]) == 9
+
+
+def test_infos_match_the_core_and_survive_the_autoreset():
+    # Without autoreset the core still holds each step's state: the infos must equal it.
+    # With autoreset the core has moved on, so the same episode's infos must equal those.
+    from deliberation_env import voting
+
+    kwargs = {"num_envs": 16, "max_rounds": 3, "stop_on_consensus": True, "tie_break": "random"}
+    frozen = VectorDeliberationEnv(autoreset=False, **kwargs)
+    auto = VectorDeliberationEnv(**kwargs)
+    _, fi = frozen.reset(seed=9)
+    _, ai = auto.reset(seed=9)
+    core = frozen.core
+    team = voting.winner_correct(core.state.correct, core.team_winner())
+    np.testing.assert_array_equal(fi["team_correct"], team)
+    np.testing.assert_array_equal(ai["team_correct"], team)
+    assert 0 < team.mean() < 1
+    rng = np.random.default_rng(0)
+    ended = np.zeros(16, bool)
+    while frozen.active.any():
+        actions = masked_actions(rng, fi["action_mask"])
+        before = frozen.solution_arrays()["answer"]
+        _, _, done, _, fi = frozen.step(actions)
+        _, _, adone, _, ai = auto.step(actions)
+        s = core.state
+        np.testing.assert_array_equal(fi["changed"], s.answer != before)
+        np.testing.assert_array_equal(fi["correct"], s.correct)
+        np.testing.assert_array_equal(fi["consensus"], voting.agreement(s.answer).all(axis=(1, 2)))
+        np.testing.assert_array_equal(fi["rounds"], s.round)
+        np.testing.assert_array_equal(fi["episode_tokens"], s.tokens)
+        team = voting.winner_correct(s.correct, core.team_winner())
+        np.testing.assert_array_equal(fi["team_correct"], team)
+        # The autoreset env played the same episode; where it ends, its infos are final.
+        new = adone & ~ended
+        for key in ("changed", "correct", "team_correct", "consensus", "rounds",
+                    "episode_tokens", "episode_actions"):  # fmt: skip
+            np.testing.assert_array_equal(ai[key][new], fi[key][new], err_msg=key)
+        ended |= adone
+        np.testing.assert_array_equal(done, ended)
+    assert len(set(fi["rounds"].tolist())) > 1  # consensus ended some episodes early
+    assert fi["changed"].dtype == bool and fi["changed"].shape == (16, 3)
+
+
+def test_accessors_are_copies_of_the_current_episode():
+    vec = VectorDeliberationEnv(num_envs=4, autoreset=False)
+    obs, infos = vec.reset(seed=2)
+    keys = vec.episode_keys
+    assert keys.dtype == np.uint64 and keys.shape == (4,) and len(set(keys.tolist())) == 4
+    keys[:] = 0
+    assert (vec.episode_keys != 0).all()  # a copy
+    again = VectorDeliberationEnv(num_envs=4)
+    again.reset(seed=2)
+    np.testing.assert_array_equal(again.episode_keys, vec.episode_keys)
+    arrays = vec.solution_arrays()
+    assert set(arrays) == set(deliberation_env.vector.SOLUTION_ARRAYS)
+    np.testing.assert_array_equal(arrays["correct"], infos["correct"])
+    assert all(a.shape == (4, 3) for a in arrays.values())
+    arrays["answer"][:] = -7
+    assert (vec.solution_arrays()["answer"] != -7).all()
+    assert vec.solutions(0) == [None] * 3  # the simulator keeps no text
+    from agents.simulated import SimulatedBackend
+
+    assert isinstance(vec.backend, SimulatedBackend)
+    assert vec.backend.profile.name == vec.config.profile
+    assert vec.active.all()
+    vec.step(np.zeros((4, 3), np.int64))
+    assert vec.active.all() and (vec.episode_keys == again.episode_keys).all()
+
+
+class Echo:
+    """A text `Backend` answering "42" with its agent index in the text."""
+
+    def _solution(self, agent: int, seed: int) -> Solution:
+        return Solution(f"agent {agent}, seed {seed}", "42", 0.5, 0.5, None, 1, 1, 3, 4)
+
+    def solve(self, requests):
+        return [self._solution(r.agent, r.seed) for r in requests]
+
+    def refine(self, requests):
+        return [self._solution(r.agent, r.seed) for r in requests]
+
+
+def test_text_backend_records_and_the_backend_itself_are_public():
+    backend = Echo()
+    vec = VectorDeliberationEnv(num_envs=2, backend=backend, tasks=TASKS)
+    single = deliberation_env.parallel_env(backend=backend, tasks=TASKS)
+    assert vec.backend is backend and single.backend is backend  # not the env's adapter
+    vec.reset(seed=0)
+    single.reset(seed=0)
+    records = vec.solutions(0)
+    assert all(isinstance(r, Solution) for r in records)
+    assert [r.text.split(",")[0] for r in records] == ["agent 0", "agent 1", "agent 2"]
+    assert vec.solutions(1) != records  # other env, other sampling seeds
+    sols = single.solutions()
+    assert list(sols) == single.possible_agents
+    assert [r.text for r in sols.values()] == [r.text for r in records]  # seed 0 = env 0
+    vec.step(np.array([[0, 1, 0], [0, 0, 0]]))
+    assert vec.solutions(0)[1] is not records[1] and vec.solutions(0)[0] is records[0]

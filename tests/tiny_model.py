@@ -10,6 +10,7 @@ the point is the plumbing (batching, padding, seeds, token counts), not the answ
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -124,12 +125,8 @@ def tiny_model_path(root: Path) -> Path:
     return _BUILT["path"]
 
 
-try:
+if importlib.util.find_spec("pytest") is not None:  # benchmarks use this file without pytest
     import pytest
-except ImportError:  # used by benchmarks too, where pytest may be absent
-    pytest = None
-
-if pytest is not None:
 
     @pytest.fixture(scope="session")
     def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

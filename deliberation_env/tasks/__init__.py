@@ -10,6 +10,7 @@ from deliberation_env.tasks.loaders import (
     register_hf_dataset,
     register_loader,
 )
+from deliberation_env.tasks.split import train_eval_split
 from deliberation_env.tasks.task import CHOICE_LETTERS, TASK_KINDS, Task, TaskKind
 from deliberation_env.tasks.verify import last_boxed, normalize_answer, parse_number, verify
 
@@ -28,5 +29,6 @@ __all__ = [
     "parse_number",
     "register_hf_dataset",
     "register_loader",
+    "train_eval_split",
     "verify",
 ]

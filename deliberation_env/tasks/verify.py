@@ -113,13 +113,13 @@ def parse_number(text: str | None, *, allow_units: bool = True) -> Fraction | No
     m = _NUMBER_RE.fullmatch(s)
     if not m:
         return None
-    value = _to_fraction(m["num"])
-    if value is None or m["den"] is None:
-        return value
+    whole = _to_fraction(m["num"])
+    if whole is None or m["den"] is None:
+        return whole
     den = _to_fraction(m["den"])
     if den is None or den == 0:
         return None
-    return value / den
+    return whole / den
 
 
 def _format_number(value: Fraction) -> str:

@@ -4,8 +4,13 @@
     deliberate train --algo softrankpo --steps 200 --out runs/srpo [--resume]
     deliberate eval --policy runs/srpo/policy.pt --seeds 0 1 2
     deliberate eval --protocol debate --seeds 0 1 2
-    deliberate compare --preset quick --out runs/compare  (the main job; `make run`)
-    deliberate reproduce main-table --out runs/reproduce/main-table [--budget full]
+    deliberate compare --budget quick --out runs/compare  (the main job; `make run`)
+    deliberate reproduce main-table --out runs/reproduce/main-table [--budget paper]
+    deliberate reproduce main-table --out runs/reproduce/main-table --render-only
+
+`--budget` names one of `experiments.budgets.BUDGETS` (tiny, quick, paper) for both
+`compare` and `reproduce`; `--preset` is the same option under its older name, and
+``full`` the older name of ``paper``.
 
 `train` takes every field of the algorithm's config dataclass as an option
 (``--group-size 16``, ``--tau 0.6``...); ``deliberate train --algo NAME --help`` lists them.
@@ -14,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import inspect
 import json
@@ -128,21 +134,19 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def _field_doc(cls: type, name: str) -> str:
     """The docstring under a dataclass field, read from the source (CleanRL style)."""
-    import ast
-    import inspect
-
     for klass in cls.__mro__:
         try:
             tree = ast.parse(inspect.getsource(klass))
         except (OSError, TypeError):
             continue
-        body = tree.body[0].body
-        for node, nxt in zip(body, body[1:]):
+        node = tree.body[0]
+        body = node.body if isinstance(node, ast.ClassDef) else []
+        for field, nxt in zip(body, body[1:]):
             if (
-                isinstance(node, ast.AnnAssign)
-                and getattr(node.target, "id", None) == name
+                isinstance(field, ast.AnnAssign)
+                and getattr(field.target, "id", None) == name
                 and isinstance(nxt, ast.Expr)
-                and isinstance(getattr(nxt, "value", None), ast.Constant)
+                and isinstance(nxt.value, ast.Constant)
             ):
                 return " ".join(str(nxt.value.value).split())
     return ""
@@ -197,8 +201,8 @@ def load_policy(path: str) -> Any:
 
 def _eval(args: argparse.Namespace) -> int:
     from algorithms.common import TrainConfig, split_tasks
-    from algorithms.evaluate import compare, markdown_table
     from algorithms.heuristics import make_protocol
+    from experiments.compare import compare, markdown_table
 
     if (args.policy is None) == (args.protocol is None):
         raise SystemExit("give exactly one of --policy PATH or --protocol NAME")
@@ -216,10 +220,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- compare
 def _compare(args: argparse.Namespace) -> int:
-    from algorithms.experiments import print_results, run_compare
+    from experiments.compare import print_results, run_compare
 
     results = run_compare(
-        preset=args.preset, out=args.out, profile=args.profile, tasks=args.tasks, seed=args.seed,
+        budget=args.budget, out=args.out, profile=args.profile, tasks=args.tasks, seed=args.seed,
         methods=tuple(args.methods) if args.methods else None,
     )  # fmt: skip
     print_results(results)
@@ -228,15 +232,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- reproduce
-def _reproduce(args: argparse.Namespace) -> int:
-    from algorithms.reproduce import EXPERIMENTS, run_experiment, tasks_from_dir
+def _reproduce_tasks(args: argparse.Namespace) -> dict[str, str]:
+    """Benchmark -> `load_tasks` spec, from ``--tasks-dir`` and ``--tasks``."""
+    from experiments.paper.setup import tasks_from_dir
 
-    names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
-    if args.experiment != "all" and args.experiment not in EXPERIMENTS:
-        raise SystemExit(
-            f"unknown experiment {args.experiment!r}; valid: {', '.join(EXPERIMENTS)}, all"
-        )
-    backbone, _, benchmark = args.profile.partition("/")
     tasks = tasks_from_dir(args.tasks_dir) if args.tasks_dir else {}
     for spec in args.tasks or []:
         if "=" in spec:  # BENCHMARK=SPEC, any load_tasks spec
@@ -246,84 +245,69 @@ def _reproduce(args: argparse.Namespace) -> int:
             if not sep:
                 raise SystemExit(f"--tasks {spec!r}: write BENCHMARK:PATH or BENCHMARK=SPEC")
         tasks[bench] = spec
-    setup = {"backbone": backbone, "benchmark": benchmark or args.benchmark, "tasks": tasks,
-             "backend": args.backend, "backend_kwargs": json.loads(args.backend_kwargs),
+    return tasks
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from experiments.reproduce import EXPERIMENTS, render_experiment, run_experiment
+
+    names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    if args.experiment != "all" and args.experiment not in EXPERIMENTS:
+        raise SystemExit(
+            f"unknown experiment {args.experiment!r}; valid: {', '.join(EXPERIMENTS)}, all"
+        )
+    backbone, _, benchmark = args.profile.partition("/")
+    setup = {"backbone": backbone, "benchmark": benchmark or args.benchmark,
+             "tasks": _reproduce_tasks(args), "backend": args.backend,
+             "backend_kwargs": json.loads(args.backend_kwargs),
              "env_kwargs": json.loads(args.env_kwargs), "episodes": args.episodes}  # fmt: skip
     for name in names:
         out = Path(args.out or "runs/reproduce") / name if len(names) > 1 else args.out
-        results = run_experiment(name, out, args.budget, **setup)
-        where = out or f"runs/reproduce/{name}"
+        where = Path(out or f"runs/reproduce/{name}")
+        if args.render_only:
+            written = render_experiment(name, where)
+            print(f"{name}: rendered {where}/" + ", ".join(p.name for p in written))
+            continue
+        results = run_experiment(name, where, args.budget, **setup)
         print(f"\n{name} ({results['wall_seconds']:.0f} s): {results.get('headline', '')}")
         print(f"written: {where}/" + ", ".join(results["files"]))
     return 0
 
 
 # ---------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deliberate", description="MPDF deliberation: train, evaluate, compare."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _env_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help="simulated backend profile")
+    p.add_argument("--tasks", default="arithmetic:2000", help="load_tasks spec")
+    p.add_argument("--num-agents", type=int, default=3)
+    p.add_argument("--max-rounds", type=int, default=3)
+    g = p.add_argument_group("backend (default: the simulator)")
+    g.add_argument("--backend", default="simulated", help="simulated, hf or openai")
+    g.add_argument("--model", help="hf: a local path or hub id; openai: the served model name")
+    g.add_argument("--base-url", nargs="+", help="openai: one or more endpoints (load-balanced)")
+    g.add_argument("--cache", help="SQLite response cache: record, then replay")
+    g.add_argument("--max-concurrency", type=int, help="openai: requests in flight")
+    g.add_argument("--max-new-tokens", type=int, help="hf: tokens per completion")
 
-    def env_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--profile", default=DEFAULT_PROFILE, help="simulated backend profile")
-        p.add_argument("--tasks", default="arithmetic:2000", help="load_tasks spec")
-        p.add_argument("--num-agents", type=int, default=3)
-        p.add_argument("--max-rounds", type=int, default=3)
-        g = p.add_argument_group("backend (default: the simulator)")
-        g.add_argument("--backend", default="simulated", help="simulated, hf or openai")
-        g.add_argument("--model", help="hf: a local path or hub id; openai: the served model name")
-        g.add_argument(
-            "--base-url", nargs="+", help="openai: one or more endpoints (load-balanced)"
-        )
-        g.add_argument("--cache", help="SQLite response cache: record, then replay")
-        g.add_argument("--max-concurrency", type=int, help="openai: requests in flight")
-        g.add_argument("--max-new-tokens", type=int, help="hf: tokens per completion")
 
-    demo = sub.add_parser("demo", help="one deliberation transcript and a small comparison")
-    env_options(demo)
-    demo.set_defaults(tasks="arithmetic")
-    demo.add_argument("--episodes", type=int, default=5000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+def _budget_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--budget", "--preset", dest="budget", default="quick",
+        help=f"tiny (tests), quick (minutes, the default) or paper ({what}); --preset is "
+        "the older name of this option, full the older name of paper",
+    )  # fmt: skip
 
-    train = sub.add_parser(
-        "train", help="train a meta-policy (--algo NAME --help for options)", add_help=False
-    )
-    train.add_argument("--algo", required=True)
-    train.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="evaluate a trained policy or a heuristic protocol")
-    env_options(ev)
-    ev.add_argument("--policy", help="a policy.pt (MetaPolicy) or .zip (SB3) file")
-    ev.add_argument("--protocol", help="a heuristic protocol name")
-    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ev.add_argument("--episodes", type=int, default=1000)
-    ev.add_argument("--out", default=None, help="write results.json/md and plots here")
-    ev.set_defaults(func=_eval)
-
-    cmp = sub.add_parser(
-        "compare", help="train every method, evaluate all protocols, print the table"
-    )
-    cmp.add_argument("--preset", default="quick", help="quick (minutes) or paper (longer)")
-    cmp.add_argument("--out", default="runs/compare")
-    cmp.add_argument("--profile", default=DEFAULT_PROFILE)
-    cmp.add_argument("--tasks", default="arithmetic:2000")
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument(
-        "--methods", nargs="+", help="learned methods to train (default: the preset's)"
-    )
-    cmp.set_defaults(func=_compare)
-
-    rep = sub.add_parser(
-        "reproduce", help="the paper's experiments on the simulator (docs/reproduction.md)"
-    )
+def _reproduce_parser(rep: argparse.ArgumentParser) -> None:
     rep.add_argument(
         "experiment", help="main-table, backbones, reward-scale, tau-sweep, rounds-agents, "
         "action-shift, tokens, or all",
     )  # fmt: skip
     rep.add_argument("--out", default=None, help="output folder (default runs/reproduce/NAME)")
-    rep.add_argument("--budget", default="quick", help="quick (minutes) or full (paper's seeds)")
+    _budget_option(rep, "three training seeds, the paper's protocol")
+    rep.add_argument(
+        "--render-only", action="store_true",
+        help="rebuild results.md and the figures from OUT/results.json, without training",
+    )  # fmt: skip
     rep.add_argument("--profile", default="llama3.1-8b", help="BACKBONE, or BACKBONE/BENCHMARK")
     rep.add_argument("--benchmark", default="gsm8k", help="benchmark of one-profile experiments")
     rep.add_argument(
@@ -340,6 +324,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--episodes", type=int, default=None, help="evaluation questions per seed")
     rep.set_defaults(func=_reproduce)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deliberate", description="MPDF deliberation: train, evaluate, compare."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="one deliberation transcript and a small comparison")
+    _env_options(demo)
+    demo.set_defaults(tasks="arithmetic")
+    demo.add_argument("--episodes", type=int, default=5000)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+
+    train = sub.add_parser(
+        "train", help="train a meta-policy (--algo NAME --help for options)", add_help=False
+    )
+    train.add_argument("--algo", required=True)
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="evaluate a trained policy or a heuristic protocol")
+    _env_options(ev)
+    ev.add_argument("--policy", help="a policy.pt (MetaPolicy) or .zip (SB3) file")
+    ev.add_argument("--protocol", help="a heuristic protocol name")
+    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ev.add_argument("--episodes", type=int, default=1000)
+    ev.add_argument("--out", default=None, help="write results.json/md and plots here")
+    ev.set_defaults(func=_eval)
+
+    cmp = sub.add_parser(
+        "compare", help="train every method, evaluate all protocols, print the table"
+    )
+    _budget_option(cmp, "longer, three training seeds")
+    cmp.add_argument("--out", default="runs/compare")
+    cmp.add_argument("--profile", default=DEFAULT_PROFILE)
+    cmp.add_argument("--tasks", default="arithmetic:2000")
+    cmp.add_argument("--seed", type=int, default=0, help="first training seed")
+    cmp.add_argument("--methods", nargs="+", help="learned methods to train (default: all)")
+    cmp.set_defaults(func=_compare)
+
+    _reproduce_parser(
+        sub.add_parser(
+            "reproduce", help="the paper's experiments on the simulator (docs/reproduction.md)"
+        )
+    )
     return parser
 
 

@@ -1,10 +1,14 @@
-"""Exact one-round counterfactuals of a deliberation state: what each alternative action
-would have earned, the best joint action (the oracle), and hindsight labels for SFT.
+"""Exact one-round counterfactuals of a vector env's current state: what each alternative
+action would earn, the best joint action (the oracle's), and hindsight labels for SFT.
 
 Every random draw of the env is keyed by (episode key, round, agent), so stepping a
-scratch copy of a state with the same actions reproduces exactly what the real env does:
+scratch copy of a state with the same actions reproduces exactly what the env does:
 these counterfactuals are exact, REFINE included, for any backend whose outcome depends
-only on the request (the simulated one does). The real core is never modified.
+only on the request (the simulated one does). The env itself is never modified.
+
+Each function takes the `VectorDeliberationEnv` (the core it wraps is accepted too, for
+the env's own code); `active` defaults to ``env.active``, so envs whose episode has ended
+count as the env counts them: reward 0, all-PERSIST.
 """
 
 from __future__ import annotations
@@ -13,14 +17,38 @@ import itertools
 
 import numpy as np
 
-from deliberation_env.core import NUM_ACTIONS, Action, DeliberationCore
+from deliberation_env.actions import NUM_ACTIONS, Action
+from deliberation_env.core import DeliberationCore, StepResult
+from deliberation_env.vector import VectorDeliberationEnv
+
+EnvLike = VectorDeliberationEnv | DeliberationCore
 
 LABEL_PREFERENCE = (Action.PERSIST, Action.CONCEDE, Action.REFINE)
 """Order in which hindsight labels break ties between equally rewarded actions: cheapest
 first (PERSIST costs nothing, CONCEDE a few bookkeeping tokens, REFINE an LLM call)."""
 
 
-def _step_copies(core: DeliberationCore, envs: np.ndarray, actions: np.ndarray):
+def _unpack(env: EnvLike, active: np.ndarray | None) -> tuple[DeliberationCore, np.ndarray]:
+    """The core behind `env` and the ``[B]`` bool mask of envs that play the round."""
+    if isinstance(env, VectorDeliberationEnv):
+        core = env.core
+        default = env.active
+    elif isinstance(env, DeliberationCore):
+        core, default = env, np.ones(env.num_envs, bool)
+    else:
+        raise TypeError(
+            f"counterfactuals need a VectorDeliberationEnv, got {type(env).__name__}; "
+            "build one with VectorDeliberationEnv(num_envs, config=...)"
+        )
+    mask = default if active is None else np.asarray(active, bool)
+    if mask.shape != (core.num_envs,):
+        raise ValueError(f"active must have shape ({core.num_envs},), got {mask.shape}")
+    return core, mask
+
+
+def _step_copies(
+    core: DeliberationCore, envs: np.ndarray, actions: np.ndarray
+) -> tuple[DeliberationCore, StepResult]:
     """Step scratch copies of the rows `envs` of `core` once with `actions` [M, N]."""
     scratch = core.spawn(len(envs))
     scratch.set_rows(np.arange(len(envs)), core.get_rows(envs))
@@ -28,15 +56,16 @@ def _step_copies(core: DeliberationCore, envs: np.ndarray, actions: np.ndarray):
 
 
 def counterfactual_rewards(
-    core: DeliberationCore, actions: np.ndarray, active: np.ndarray | None = None
+    env: EnvLike, actions: np.ndarray, active: np.ndarray | None = None
 ) -> np.ndarray:
     """``[B, N, 3]``: the reward agent i would get this round for playing action a while
     its peers play `actions` ``[B, N]``.
 
     ``out[b, i, actions[b, i]]`` is the reward the env will actually give. A CONCEDE the
     action mask forbids behaves as PERSIST (the env treats it so). Envs where `active`
-    ([B] bool) is False get 0, as the env rewards frozen envs.
+    ([B] bool, default ``env.active``) is False get 0, as the env rewards frozen envs.
     """
+    core, live = _unpack(env, active)
     B, N = core.num_envs, core.num_agents
     actions = np.asarray(actions, np.int64)
     # Copy k = (b * N + i) * 3 + a plays `actions[b]` with agent i switched to a.
@@ -46,32 +75,30 @@ def counterfactual_rewards(
     envs = np.repeat(np.arange(B), N * NUM_ACTIONS)
     _, result = _step_copies(core, envs, joint.reshape(-1, N))
     rewards = result.rewards.reshape(B, N, NUM_ACTIONS, N)[:, agent, :, agent]  # [N, B, 3]
-    rewards = rewards.transpose(1, 0, 2)
-    if active is not None:
-        rewards = rewards * np.asarray(active, bool)[:, None, None]
-    return rewards
+    return rewards.transpose(1, 0, 2) * live[:, None, None]
 
 
 def hindsight_labels(
-    core: DeliberationCore, actions: np.ndarray, active: np.ndarray | None = None
+    env: EnvLike, actions: np.ndarray, active: np.ndarray | None = None
 ) -> np.ndarray:
     """``int64 [B, N]``: for each agent, the allowed action with the best counterfactual
     reward given its peers' `actions` (ties: PERSIST, then CONCEDE, then REFINE).
 
-    These are the SFT targets of DESIGN section 6 ("for each recorded state, the action
-    with the best counterfactual reward"): PERSIST and CONCEDE outcomes are exact and
-    REFINE is the backend's own draw for this state. With ``reward="terminal"`` every
-    non-final round rewards 0, so its labels are all PERSIST.
+    These are the SFT targets of MPDF's stage 1 ("for each recorded state, the action with
+    the best counterfactual reward"): PERSIST and CONCEDE outcomes are exact and REFINE is
+    the backend's own draw for this state. With ``reward="terminal"`` every non-final
+    round rewards 0, so its labels are all PERSIST.
     """
-    return hindsight_targets(core, actions, active)[0]
+    return hindsight_targets(env, actions, active)[0]
 
 
 def hindsight_targets(
-    core: DeliberationCore, actions: np.ndarray, active: np.ndarray | None = None
+    env: EnvLike, actions: np.ndarray, active: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """`hindsight_labels` and ``informative [B, N]`` bool: False where every allowed
     action earns the same reward (the label is then only the tie-break)."""
-    rewards = counterfactual_rewards(core, actions, active)
+    core, live = _unpack(env, active)
+    rewards = counterfactual_rewards(core, actions, live)
     rewards = np.where(core.action_masks() > 0, rewards, -np.inf)
     order = np.array(LABEL_PREFERENCE, np.int64)
     # argmax returns the first maximum: scanning in preference order breaks ties.
@@ -88,19 +115,20 @@ def joint_action_table(num_agents: int) -> np.ndarray:
 
 
 def best_joint_actions(
-    core: DeliberationCore, active: np.ndarray | None = None, max_copies: int = 1 << 16
+    env: EnvLike, active: np.ndarray | None = None, max_copies: int = 1 << 16
 ) -> np.ndarray:
     """``int64 [B, N]``: for each env, the joint action whose round ends best.
 
     Preference: (1) the team answer is correct after the round, (2) more agents are
     correct, (3) fewer tokens; remaining ties go to the lowest joint index (PERSIST-first
     lexicographic order). Joint actions the mask forbids are never chosen. Envs where
-    `active` is False get all-PERSIST. Cost: scratch steps over ``B * 3**N`` copies, at
-    most `max_copies` at a time.
+    `active` (default ``env.active``) is False get all-PERSIST. Cost: scratch steps over
+    ``B * 3**N`` copies, at most `max_copies` at a time.
     """
+    core, live = _unpack(env, active)
     B, N = core.num_envs, core.num_agents
     out = np.full((B, N), int(Action.PERSIST), np.int64)
-    envs = np.arange(B) if active is None else np.flatnonzero(active)
+    envs = np.flatnonzero(live)
     table = joint_action_table(N)
     masks = core.action_masks()
     chunk = max(1, max_copies // len(table))

@@ -1,0 +1,176 @@
+"""The main job, `deliberate compare`: train every learned method on the simulated
+benchmark, evaluate them with every heuristic protocol and the oracle on held-out
+questions over several seeds, and write the table, the JSON and the plots.
+
+`compare` is the evaluation half, usable with any policies (``{name: policy}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from algorithms.common import TrainConfig, split_tasks
+from algorithms.evaluate import env_config_dict, evaluate
+from algorithms.heuristics import PROTOCOLS, make_protocol
+from algorithms.policy import Policy
+from algorithms.registry import get_algorithm
+from deliberation_env import EnvConfig
+from deliberation_env.tasks import Task
+from experiments.budgets import Budget, get_budget
+from experiments.pipeline import configure, learning_curve, method_config
+from experiments.report import jsonable, markdown_table, write_results
+from experiments.stats import aggregate, mean_ci
+
+__all__ = [
+    "METHODS",
+    "aggregate",
+    "compare",
+    "evaluate_runs",
+    "markdown_table",
+    "mean_ci",
+    "print_results",
+    "run_compare",
+]
+
+METHODS = ("softrankpo", "grpo", "ppo", "sb3_ppo", "sft")
+"""The learned methods `run_compare` trains by default."""
+
+
+def evaluate_runs(
+    policies: Policy | Sequence[Policy],
+    env_config: Mapping[str, Any] | EnvConfig,
+    tasks: Sequence[Task],
+    seeds: Sequence[int],
+    episodes: int,
+) -> list[dict[str, Any]]:
+    """One `evaluate` run per seed. A list of policies (one per training seed) is cycled
+    over the seeds: run r uses ``policies[r % len(policies)]`` (`Budget.train_seeds`)."""
+    group = list(policies) if isinstance(policies, (list, tuple)) else [cast(Policy, policies)]
+    runs: list[dict[str, Any] | None] = [None] * len(seeds)
+    for k, policy in enumerate(group):
+        mine = [r for r in range(len(seeds)) if r % len(group) == k]
+        if mine:
+            out = evaluate(policy, env_config, tasks, [seeds[r] for r in mine], episodes)
+            for r, run in zip(mine, out):
+                runs[r] = run
+    return [r for r in runs if r is not None]
+
+
+def _tasks_digest(tasks: Sequence[Task]) -> str:
+    return hashlib.sha1("\n".join(t.id for t in tasks).encode()).hexdigest()[:12]
+
+
+def compare(
+    methods: Mapping[str, Policy | Sequence[Policy]],
+    env_config: Mapping[str, Any] | EnvConfig,
+    tasks: Sequence[Task],
+    seeds: Sequence[int] = (0, 1, 2),
+    episodes: int = 1000,
+    out: Path | str | None = None,
+    config: Mapping[str, Any] | None = None,
+    learning_curves: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+) -> dict[str, Any]:
+    """Evaluate every method on the same questions and seeds and aggregate.
+
+    A method is a policy, or a list of policies (one per training seed, `evaluate_runs`).
+    Returns ``{"config": {...}, "methods": {NAME: aggregate(...)}}`` and, when `out` is
+    given, writes there ``results.json`` (that dict), ``results.md`` (`markdown_table`),
+    ``action_shares.png``, ``accuracy_vs_tokens.png`` and, when `learning_curves` (name
+    -> ``[{"step", "team_accuracy"}, ...]``) is given, ``learning_curves.png``.
+    """
+    env = {k: v for k, v in env_config_dict(env_config).items() if k != "tasks"}
+    run_config = {
+        **dict(config or {}),
+        "env": env,
+        "seeds": [int(s) for s in seeds],
+        "episodes": int(episodes),
+        "num_tasks": len(tasks),
+        "tasks_digest": _tasks_digest(tasks),
+    }
+    results: dict[str, Any] = {"config": jsonable(run_config), "methods": {}}
+    for name, policy in methods.items():
+        summary = aggregate(evaluate_runs(policy, env_config, tasks, seeds, episodes))
+        first = policy[0] if isinstance(policy, (list, tuple)) else policy
+        summary["env_overrides"] = dict(getattr(first, "env_overrides", {}) or {})
+        results["methods"][name] = jsonable(summary)
+    if out is not None:
+        write_results(results, out, learning_curves)
+    return results
+
+
+def _train(
+    name: str, budget: Budget, base: Mapping[str, Any], out: Path, seeds: Sequence[int],
+    progress: bool,
+) -> tuple[list[Policy], list[dict[str, Any]], float]:  # fmt: skip
+    """Method `name` once per training seed: (policies, first seed's history, seconds)."""
+    _, train = get_algorithm(name).load()
+    policies, histories = [], []
+    start = time.perf_counter()
+    for seed in seeds:
+        where = out / name if len(seeds) == 1 else out / name / f"seed{seed}"
+        cfg = method_config(name, budget, {**base, "seed": seed, "out": str(where)})
+        policy, history = train(cfg, progress=progress)
+        policies.append(policy)
+        histories.append(history)
+    return policies, histories[0], time.perf_counter() - start
+
+
+def run_compare(
+    budget: str | Budget = "quick",
+    out: str | Path = "runs/compare",
+    profile: str = "llama3.1-8b/gsm8k",
+    tasks: str = "arithmetic:2000",
+    seed: int = 0,
+    methods: Sequence[str] | None = None,
+    progress: bool = True,
+    *,
+    preset: str | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and write ``out/results.{json,md}`` and plots; returns the results.
+
+    `budget` is a `BUDGETS` name or a `Budget` (`preset` is its older name). The learned
+    methods train with seeds ``seed + s`` for each `s` in ``budget.train_seeds``; `seed`
+    also seeds the `random` protocol.
+    """
+    name = preset if preset is not None else budget
+    b = get_budget(name)
+    out = Path(out)
+    base = {"profile": profile, "tasks": tasks, "seed": seed}
+    train_cfg = configure(TrainConfig, **base)
+    _, eval_tasks = split_tasks(train_cfg)
+    policies: dict[str, Any] = {}
+    curves: dict[str, list[dict[str, float]]] = {}
+    timings: dict[str, float] = {}
+    train_seeds = [seed + s for s in b.train_seeds]
+    for method in methods or METHODS:
+        trained, history, timings[method] = _train(method, b, base, out, train_seeds, progress)
+        policies[method] = trained if len(trained) > 1 else trained[0]
+        if history and "agent_steps" in history[0]:
+            curves[method] = learning_curve(history)
+        if progress:
+            print(f"trained {method} in {timings[method]:.0f} s")
+    for p in PROTOCOLS:
+        policies[p] = make_protocol(p, seed=seed) if p == "random" else make_protocol(p)
+    config = {
+        "budget": name if isinstance(name, str) else "custom",
+        **dataclasses.asdict(b),
+        "methods": list(methods or METHODS),
+        **base,
+        "train_seconds": timings,
+    }
+    results = compare(
+        policies, train_cfg.env_config(), eval_tasks, b.eval_seeds, b.eval_episodes, out,
+        config, curves,
+    )  # fmt: skip
+    (out / "learning_curves.json").write_text(json.dumps(curves))
+    return results
+
+
+def print_results(results: Mapping[str, Any]) -> None:
+    print(markdown_table(results))
