@@ -36,6 +36,7 @@ bench: $(BIN)/activate
 lint: $(BIN)/activate
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(BIN)/activate
 	$(BIN)/ruff check --fix .

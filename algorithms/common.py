@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,45 +20,43 @@ import torch
 from algorithms.advantages import reward_transform
 from algorithms.policy import MetaPolicy, PolicyConfig, use_generator
 from algorithms.rollout import Rollout
-from deliberation_env import VectorDeliberationEnv, load_tasks
-from deliberation_env.tasks import train_eval_split
+from deliberation_env import EnvConfig, load_tasks
+from deliberation_env.tasks import Task, train_eval_split
 
 AdvantageFn = Callable[[np.ndarray], np.ndarray]
 """Group rewards ``[..., G]`` -> advantages ``[..., G]``."""
 
+TRAIN_TASKS = "arithmetic:2000"
+"""The question pool trainers draw from by default (`TrainConfig.env`): larger than the
+env's own default (``"arithmetic"``, 1,000 questions) so that the held-out share
+(`TrainConfig.eval_fraction`) is big enough to evaluate on."""
 
-@dataclass
-class EnvSetup:
-    """The deliberation env a method trains on (fields shared by every training config)."""
 
-    profile: str = "llama3.1-8b/gsm8k"
-    """Simulated backend profile (docs/design.md#the-simulated-backend)."""
-    tasks: str = "arithmetic:2000"
-    """Task source; a held-out share is kept for evaluation (`eval_fraction`)."""
-    eval_fraction: float = 0.25
-    """Share of the tasks held out for evaluation, never trained on."""
-    num_agents: int = 3
-    """N (paper: 3)."""
-    max_rounds: int = 3
-    """T (paper: 3)."""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Other `EnvConfig` fields (reward, token_cost, ...)."""
+def train_env() -> EnvConfig:
+    """The env trainers default to: the env's defaults with ``tasks=TRAIN_TASKS``."""
+    return EnvConfig(tasks=TRAIN_TASKS)
 
-    def env(self, tasks: list, num_envs: int) -> VectorDeliberationEnv:
-        return VectorDeliberationEnv(num_envs, autoreset=False, tasks=tasks, **self.env_config())
 
-    def env_config(self) -> dict[str, Any]:
-        return {
-            "num_agents": self.num_agents,
-            "max_rounds": self.max_rounds,
-            "profile": self.profile,
-            **self.env_kwargs,
-        }
+def check_env(env: object, owner: str) -> EnvConfig:
+    """`env` when it is an `EnvConfig`; else a TypeError naming `owner` and the fix."""
+    if not isinstance(env, EnvConfig):
+        raise TypeError(
+            f"{owner}: env must be an EnvConfig, got {type(env).__name__}; pass "
+            "env=EnvConfig(num_agents=..., profile=..., ...) or, from a mapping of its "
+            "fields, env=EnvConfig.build(mapping)"
+        )
+    return env
 
 
 @dataclass
-class TrainConfig(EnvSetup):
+class TrainConfig:
     """Training of a meta-policy with grouped rollouts (fields shared by every method)."""
+
+    env: EnvConfig = field(default_factory=train_env)
+    """The deliberation env trained on (`deliberation_env.EnvConfig`; default `train_env()`);
+    its questions are split into a training and a held-out share (`eval_fraction`)."""
+    eval_fraction: float = 0.25
+    """Share of the env's questions held out for evaluation, never trained on."""
 
     questions_per_update: int = 64
     """Q, questions per update."""
@@ -102,12 +100,22 @@ class TrainConfig(EnvSetup):
     """Directory for metrics.jsonl, checkpoint.pt and policy.pt."""
 
     def __post_init__(self) -> None:
+        check_env(self.env, type(self).__name__)
         reward_transform(self.reward_transform)  # a clear error for an unknown name
 
 
-def split_tasks(cfg: EnvSetup) -> tuple[list, list]:
-    """(train, held-out) tasks of `cfg`: the held-out share is never trained on."""
-    return train_eval_split(load_tasks(cfg.tasks), cfg.eval_fraction, seed=0)
+class SplitConfig(Protocol):
+    """A config that names an env and the share of its questions held out
+    (`TrainConfig`, `algorithms.sb3.SB3Config`)."""
+
+    env: EnvConfig
+    eval_fraction: float
+
+
+def split_tasks(cfg: SplitConfig) -> tuple[list[Task], list[Task]]:
+    """(train, held-out) questions of ``cfg.env.tasks`` (a `load_tasks` spec or the tasks
+    themselves): the held-out share, ``cfg.eval_fraction``, is never trained on."""
+    return train_eval_split(load_tasks(cfg.env.tasks), cfg.eval_fraction, seed=0)
 
 
 def make_policy(
@@ -121,8 +129,8 @@ def make_policy(
     with use_generator(generator or torch.Generator().manual_seed(cfg.seed)):
         return MetaPolicy(
             PolicyConfig(
-                max_peers=cfg.env_kwargs.get("max_peers", 4),
-                num_agents=cfg.num_agents,
+                max_peers=cfg.env.max_peers,
+                num_agents=cfg.env.num_agents,
                 hidden=cfg.hidden,
                 share_parameters=cfg.share_parameters,
                 value_head=value_head,
@@ -288,13 +296,3 @@ def log_stats(
 def mean_stats(log: dict[str, list[float]]) -> dict[str, float]:
     """The mean of each diagnostic over an update's minibatch steps."""
     return {k: float(np.mean(v)) for k, v in log.items()}
-
-
-def __getattr__(name: str) -> Any:
-    # `Trainer` moved to algorithms.trainer; `from algorithms.common import Trainer` (the
-    # classroom notebook, older scripts) keeps working. Imported lazily: no import cycle.
-    if name in ("Trainer", "make_train", "rollout_stats"):
-        from algorithms import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

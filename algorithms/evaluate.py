@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from algorithms.common import check_env
 from algorithms.policy import Policy
 from deliberation_env import EnvConfig, VectorDeliberationEnv, voting
 from deliberation_env.actions import NUM_ACTIONS, Action
@@ -24,7 +25,6 @@ __all__ = [
     "effective_action_counts",
     "effective_counts",
     "effective_shares",
-    "env_config_dict",
     "episode_seeds",
     "evaluate",
 ]
@@ -37,28 +37,22 @@ EFFECTIVE_KEYS = ("persist", "refine", "concede", "concede_noop")
 
 
 # --------------------------------------------------------------------------- evaluation
-def env_config_dict(env_config: Mapping[str, Any] | EnvConfig) -> dict[str, Any]:
-    """An env config (an `EnvConfig` or a mapping of its fields) as a plain dict."""
-    if isinstance(env_config, EnvConfig):
-        return {f.name: getattr(env_config, f.name) for f in dataclasses.fields(env_config)}
-    return dict(env_config)
-
-
 def evaluate(
     policy: Policy,
-    env_config: Mapping[str, Any] | EnvConfig,
+    env: EnvConfig,
     tasks: Sequence[Task] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     episodes: int = 1000,
     deterministic: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run `episodes` questions at once per seed; one metrics dict per seed.
+    """Run `episodes` questions of `env` at once per seed; one metrics dict per seed.
 
-    The env is ``VectorDeliberationEnv(episodes, autoreset=False, tasks=tasks,
-    **{**env_config, **policy.env_overrides})``, reset with ``episode_seeds(seed,
-    episodes)``; ``policy.bind(env)`` is called after each reset when the policy has it.
-    Stochastic policies acting with ``deterministic=False`` are reproducible only if they
-    seed themselves (the heuristics' `random` does, through `bind`). Metrics: ``team_accuracy``,
+    The env is ``VectorDeliberationEnv(episodes, config=EnvConfig.build(env,
+    tasks=tasks, **policy.env_overrides), autoreset=False)`` (`tasks` None: the env's
+    own), reset with ``episode_seeds(seed, episodes)``; ``policy.bind(env)`` is called
+    after each reset when the policy has it. Stochastic policies acting with
+    ``deterministic=False`` are reproducible only if they seed themselves (the
+    heuristics' `random` does, through `bind`). Metrics: ``team_accuracy``,
     ``agent_accuracy`` (mean final agent correctness), ``consensus_rate`` (all agents hold
     one parsed answer at the end), ``tokens_per_question``, ``rounds_per_question``,
     ``action_shares`` and ``{persist,refine,concede}_share`` (over the agent-rounds
@@ -67,14 +61,15 @@ def evaluate(
     what the actions did (`effective_counts`): ``effective_counts`` and
     ``effective_shares`` (also ``effective_shares_per_round``).
     """
-    cfg = {**env_config_dict(env_config), **dict(getattr(policy, "env_overrides", {}) or {})}
+    config = check_env(env, "evaluate")
     if tasks is not None:
-        cfg["tasks"] = list(tasks)
-    env = VectorDeliberationEnv(episodes, autoreset=False, **cfg)
+        config = dataclasses.replace(config, tasks=tuple(tasks))
+    config = EnvConfig.build(config, **(getattr(policy, "env_overrides", None) or {}))
+    vec = VectorDeliberationEnv(episodes, config=config, autoreset=False)
     try:
-        return [_run(policy, env, int(seed), deterministic) for seed in seeds]
+        return [_run(policy, vec, int(seed), deterministic) for seed in seeds]
     finally:
-        env.close()
+        vec.close()
 
 
 def episode_seeds(seed: int, episodes: int) -> np.ndarray:

@@ -170,7 +170,7 @@ def critic_state_size(cfg: PPOConfig) -> int:
     (0) for IPPO."""
     if not cfg.centralised_critic:
         return 0
-    return ObservationLayout(cfg.env_kwargs.get("max_peers", 4)).state_size
+    return ObservationLayout(cfg.env.max_peers).state_size
 
 
 train = make_train(

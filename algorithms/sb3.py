@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -36,8 +36,8 @@ from supersuit.vector.sb3_vector_wrapper import SB3VecEnvWrapper
 from tqdm.auto import tqdm
 
 import deliberation_env
-from algorithms.common import EnvSetup, split_tasks
-from deliberation_env.core import Action
+from algorithms.common import TrainConfig, check_env, split_tasks, train_env
+from deliberation_env import Action, EnvConfig
 
 
 class SeededVecEnv(VecEnvWrapper):
@@ -78,10 +78,13 @@ class SeededVecEnv(VecEnvWrapper):
         return self.venv.get_attr(attr_name, indices)
 
 
-def make_vec_env(num_envs: int, seed: int | None = None, **env_kwargs: Any) -> SeededVecEnv:
-    """``num_envs`` deliberation envs as one SB3 vector env of ``num_envs * N`` agent slots
-    (agent-major within each env). `env_kwargs` go to `deliberation_env.parallel_env`."""
-    venv = ss.pettingzoo_env_to_vec_env_v1(deliberation_env.parallel_env(**env_kwargs))
+def make_vec_env(
+    num_envs: int, seed: int | None = None, config: EnvConfig | None = None
+) -> SeededVecEnv:
+    """``num_envs`` deliberation envs of `config` (default: `EnvConfig()`) as one SB3
+    vector env of ``num_envs * N`` agent slots (agent-major within each env)."""
+    env = deliberation_env.parallel_env(config=check_env(config or EnvConfig(), "make_vec_env"))
+    venv = ss.pettingzoo_env_to_vec_env_v1(env)
     venv = ss.concat_vec_envs_v1(venv, num_envs, num_cpus=0, base_class="stable_baselines3")
     venv = SeededVecEnv(venv)
     if seed is not None:
@@ -90,11 +93,15 @@ def make_vec_env(num_envs: int, seed: int | None = None, **env_kwargs: Any) -> S
 
 
 @dataclass
-class SB3Config(EnvSetup):
-    """SB3 PPO on the deliberation env (the env fields of `EnvSetup` plus these)."""
+class SB3Config:
+    """SB3 PPO on the deliberation env (the env and split of `TrainConfig` plus these)."""
 
+    env: EnvConfig = field(default_factory=train_env)
+    """The deliberation env trained on, as `TrainConfig.env`."""
+    eval_fraction: float = TrainConfig.eval_fraction
+    """Share of the env's questions held out for evaluation, as `TrainConfig.eval_fraction`."""
     num_envs: int = 8
-    """Deliberation envs stepped together; SB3 sees ``num_envs * num_agents`` envs."""
+    """Deliberation envs stepped together; SB3 sees ``num_envs * env.num_agents`` envs."""
     total_timesteps: int = 200_000
     """Training budget in agent-steps (SB3 timesteps)."""
     n_steps: int = 64
@@ -119,6 +126,9 @@ class SB3Config(EnvSetup):
     """CPU threads for torch (as `TrainConfig.torch_threads`: the MLP is tiny)."""
     out: str | None = None
     """Directory for ``policy.zip`` (load it with `SB3Policy.load`) and ``metrics.jsonl``."""
+
+    def __post_init__(self) -> None:
+        check_env(self.env, type(self).__name__)
 
 
 class TeamAccuracyCallback(BaseCallback):
@@ -172,7 +182,7 @@ def train_sb3(
     cfg = cfg or SB3Config()
     torch.set_num_threads(cfg.torch_threads)
     train_tasks, _ = split_tasks(cfg)
-    env = make_vec_env(cfg.num_envs, tasks=train_tasks, **cfg.env_config())
+    env = make_vec_env(cfg.num_envs, config=replace(cfg.env, tasks=tuple(train_tasks)))
     model = PPO(
         "MlpPolicy",
         env,
@@ -191,7 +201,7 @@ def train_sb3(
     history: list[dict[str, Any]] = []
     with tqdm(total=cfg.total_timesteps, desc="sb3_ppo", disable=not progress, leave=False) as bar:
         model.learn(
-            cfg.total_timesteps, callback=TeamAccuracyCallback(history, cfg.num_agents, bar)
+            cfg.total_timesteps, callback=TeamAccuracyCallback(history, cfg.env.num_agents, bar)
         )
     env.close()
     if cfg.out is not None:

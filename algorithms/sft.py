@@ -12,7 +12,7 @@ PERSIST and CONCEDE, the backend's own draw for REFINE; ties go to the cheapest 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from algorithms.common import TrainConfig, make_policy, optimise, split_tasks
 from algorithms.policy import MetaPolicy
+from deliberation_env import VectorDeliberationEnv
 from deliberation_env.counterfactual import hindsight_targets
 
 
@@ -65,7 +66,9 @@ def collect_dataset(cfg: SFTConfig, tasks: list, seed: int) -> Dataset:
         if cfg.behaviour != "random"
         else make_protocol("random", seed=seed)
     )
-    env = cfg.env(tasks, cfg.episodes)
+    env = VectorDeliberationEnv(
+        cfg.episodes, config=replace(cfg.env, tasks=tuple(tasks)), autoreset=False
+    )
     obs, info = env.reset(seed=seed)
     active = np.ones(env.num_envs, bool)
     parts: list[tuple[np.ndarray, ...]] = []

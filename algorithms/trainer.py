@@ -15,7 +15,7 @@ import inspect
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from algorithms.common import TrainConfig, make_policy, split_tasks
 from algorithms.policy import MetaPolicy, use_generator, with_value_head
 from algorithms.rollout import Rollout, collect
+from deliberation_env import VectorDeliberationEnv
 
 C = TypeVar("C", bound=TrainConfig)
 History = list[dict[str, Any]]
@@ -84,7 +85,11 @@ class Trainer:
         self.update_takes_generator = "generator" in inspect.signature(update).parameters
         torch.set_num_threads(cfg.torch_threads)
         self.train_tasks, self.eval_tasks = split_tasks(cfg)
-        self.env = cfg.env(self.train_tasks, cfg.questions_per_update * cfg.group_size)
+        self.env = VectorDeliberationEnv(
+            cfg.questions_per_update * cfg.group_size,
+            config=replace(cfg.env, tasks=tuple(self.train_tasks)),
+            autoreset=False,
+        )
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.policy = self.start_policy(policy, critic_state_size)
         self.ref = copy.deepcopy(ref if ref is not None else self.policy).requires_grad_(False)
@@ -153,7 +158,7 @@ class Trainer:
 
         runs = evaluate(
             self.policy,
-            self.cfg.env_config(),
+            self.cfg.env,
             self.eval_tasks,
             seeds=(10_000 + self.cfg.seed,),
             episodes=self.cfg.eval_episodes,

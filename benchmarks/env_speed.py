@@ -34,7 +34,7 @@ import pettingzoo
 from _report import targets_table, write_report  # benchmarks/ is on sys.path (a script)
 
 import deliberation_env
-from deliberation_env import VectorDeliberationEnv
+from deliberation_env import EnvConfig, VectorDeliberationEnv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "runs" / "bench" / "env_speed.json"
@@ -195,11 +195,7 @@ def verdict(value: float | None, target: float) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    env_kwargs = {
-        "num_agents": args.num_agents,
-        "max_rounds": args.max_rounds,
-        "profile": args.profile,
-    }
+    config = EnvConfig(num_agents=args.num_agents, max_rounds=args.max_rounds, profile=args.profile)
     results: list[Measurement] = []
 
     def record(name: str, tick: Tick, num_envs: int, num_agents: int) -> Measurement:
@@ -212,13 +208,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"measuring, {args.seconds:g} s each after {args.warmup:g} s warm-up", file=sys.stderr)
     rps, rps_note = rps_parallel_env()
     ref = record("pettingzoo rps_v2 (parallel)", parallel_loop(rps, args.seed), 1, 2)
-    par_env = deliberation_env.parallel_env(**env_kwargs)
+    par_env = deliberation_env.parallel_env(config=config)
     par = record(
         "DeliberationEnv (parallel)", parallel_loop(par_env, args.seed), 1, args.num_agents
     )
     vec: dict[int, Measurement] = {}
     for B in args.batch_sizes:
-        venv = VectorDeliberationEnv(B, **env_kwargs)
+        venv = VectorDeliberationEnv(B, config)
         vec[B] = record(
             f"VectorDeliberationEnv B={B}", vector_loop(venv, args.seed), B, args.num_agents
         )
@@ -301,9 +297,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--batch-sizes", type=int, nargs="+", default=[1, 64, 1024, 4096], help="vector env B"
     )
-    p.add_argument("--num-agents", type=int, default=3, help="N (paper: 3)")
-    p.add_argument("--max-rounds", type=int, default=3, help="T (paper: 3)")
-    p.add_argument("--profile", default="llama3.1-8b/gsm8k", help="simulated backend profile")
+    p.add_argument("--num-agents", type=int, default=EnvConfig.num_agents, help="N (paper: 3)")
+    p.add_argument("--max-rounds", type=int, default=EnvConfig.max_rounds, help="T (paper: 3)")
+    p.add_argument("--profile", default=EnvConfig.profile, help="simulated backend profile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     args = p.parse_args(argv)

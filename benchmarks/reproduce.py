@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from experiments.paper.setup import PAPER, SIMULATED_NOTE
+from experiments.budgets import DEFAULT_BUDGET
+from experiments.paper.setup import PAPER, SIMULATED_NOTE, Setup
 from experiments.reproduce import EXPERIMENTS, run_experiment
 
 PAPER_FIGURE = {
@@ -39,10 +40,10 @@ PAPER_FIGURE = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--budget", default="quick", help="an experiments.budgets name: quick (default) or paper"
+        "--budget", default=DEFAULT_BUDGET, help="an experiments.budgets name: quick or paper"
     )
     parser.add_argument("--out", default="runs/reproduce")
-    parser.add_argument("--profile", default="llama3.1-8b", help="the backbone")
+    parser.add_argument("--profile", default=Setup.backbone, help="the backbone")
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))
     parser.add_argument("--quiet", action="store_true", help="no per-training log lines")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Training throughput: agent-steps per second of each learned method on the simulated
 benchmark (collection and updates together), measured side by side in one run.
 
-    python benchmarks/train_speed.py [--updates 10] [--profile llama3.1-8b/gsm8k]
+    python benchmarks/train_speed.py [--updates 10] [--profile PROFILE]
 
 Writes ``runs/bench/train_speed.json``.
 """
@@ -9,14 +9,16 @@ Writes ``runs/bench/train_speed.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
 
+from algorithms.common import train_env
 from algorithms.registry import get_algorithm
-from experiments.budgets import BUDGETS
+from experiments.budgets import BUDGETS, DEFAULT_BUDGET
 from experiments.pipeline import method_config
 
 OUT = Path(__file__).resolve().parents[1] / "runs" / "bench" / "train_speed.json"
@@ -25,18 +27,19 @@ OUT = Path(__file__).resolve().parents[1] / "runs" / "bench" / "train_speed.json
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=10)
-    parser.add_argument("--profile", default="llama3.1-8b/gsm8k")
+    parser.add_argument("--profile", default=train_env().profile)
     parser.add_argument(
         "--methods", nargs="+", default=["softrankpo", "grpo", "ppo", "reinforce", "sb3_ppo"]
     )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    preset = BUDGETS["quick"]
-    preset = type(preset)(**{**preset.__dict__, "updates": args.updates})
+    preset = BUDGETS[DEFAULT_BUDGET]
+    preset = dataclasses.replace(preset, updates=args.updates)
+    env = dataclasses.replace(train_env(), profile=args.profile)
     rows = []
     for name in args.methods:
-        cfg = method_config(name, preset, {"profile": args.profile})
+        cfg = method_config(name, preset, env)
         _, train = get_algorithm(name).load()
         start = time.perf_counter()
         _, history = train(cfg, progress=False)

@@ -196,6 +196,7 @@ print(env.render())
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
@@ -426,3 +427,8 @@ class DeliberationEnv(ParallelEnv):
     def _auto_render(self, lines: list[str]) -> None:
         if self.render_mode == "human":
             print("\n".join(lines))
+
+
+# `help(DeliberationEnv)` shows the whole spec (`deliberation_env.env` is PettingZoo's AEC
+# factory, so `help()` cannot reach this module by that name).
+DeliberationEnv.__doc__ = f"{(__doc__ or '').strip()}\n\n## Constructor\n\n{inspect.cleandoc(DeliberationEnv.__doc__ or '')}"

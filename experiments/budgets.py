@@ -47,6 +47,9 @@ BUDGETS: dict[str, Budget] = {
                     train_seeds=(0, 1, 2)),
 }  # fmt: skip
 
+DEFAULT_BUDGET = "quick"
+"""The budget of `deliberate compare` and `deliberate reproduce` when none is named."""
+
 ALIASES = {"full": "paper"}
 """Older names: ``--budget full`` was reproduce's name for the paper's protocol."""
 

@@ -12,15 +12,14 @@
 `compare` and `reproduce`; `--preset` is the same option under its older name, and
 ``full`` the older name of ``paper``.
 
-`train` takes every field of the algorithm's config dataclass as an option
-(``--group-size 16``, ``--tau 0.6``...); ``deliberate train --algo NAME --help`` lists them.
+`train` takes every scalar field of the algorithm's config dataclass and of its
+`EnvConfig` (``--group-size 16``, ``--tau 0.6``, ``--profile toy``, ``--reward terminal``...)
+as an option (`experiments.options`); ``deliberate train --algo NAME --help`` lists them.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import inspect
 import json
 import sys
@@ -32,16 +31,21 @@ from typing import Any
 import numpy as np
 
 import deliberation_env
-from deliberation_env import Action, VectorDeliberationEnv
+from algorithms.common import train_env
+from deliberation_env import Action, EnvConfig, VectorDeliberationEnv
+from experiments.budgets import DEFAULT_BUDGET
+from experiments.options import train_config
+from experiments.paper.setup import Setup
 
-DEFAULT_PROFILE = deliberation_env.EnvConfig.profile
+TRAIN_ENV = train_env()
+"""The env the trainers default to; its fields are the env options' defaults."""
 
 
 # ---------------------------------------------------------------------- demo
 def backend_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Env arguments selecting the backend (``--backend hf --model PATH``, ...)."""
     out: dict[str, Any] = {}
-    if args.backend != "simulated":
+    if args.backend != EnvConfig.backend:
         out["backend"] = args.backend
     for name in ("model", "base_url", "cache", "max_concurrency", "max_new_tokens"):
         if getattr(args, name, None) is not None:
@@ -51,16 +55,19 @@ def backend_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def env_config(args: argparse.Namespace) -> EnvConfig:
+    """The `EnvConfig` of ``--profile``, ``--tasks``, ``--num-agents``, ``--max-rounds`` and
+    the backend options."""
+    return EnvConfig.build(
+        profile=args.profile, tasks=args.tasks, num_agents=args.num_agents,
+        max_rounds=args.max_rounds, **backend_kwargs(args),
+    )  # fmt: skip
+
+
 def _demo(args: argparse.Namespace) -> int:
-    real = backend_kwargs(args)
-    env = deliberation_env.parallel_env(
-        num_agents=args.num_agents,
-        max_rounds=args.max_rounds,
-        profile=args.profile,
-        tasks=args.tasks,
-        render_mode="ansi",
-        **real,
-    )
+    config = env_config(args)
+    real = config.backend != EnvConfig.backend
+    env = deliberation_env.parallel_env(config=config, render_mode="ansi")
     rng = np.random.default_rng(args.seed)
     obs, infos = env.reset(seed=args.seed)
     while env.agents:
@@ -82,14 +89,7 @@ def _demo(args: argparse.Namespace) -> int:
         ("always REFINE (= LLM debate)", Action.REFINE),
         ("random", None),
     ):
-        vec = VectorDeliberationEnv(
-            args.episodes,
-            autoreset=False,
-            num_agents=args.num_agents,
-            max_rounds=args.max_rounds,
-            profile=args.profile,
-            tasks=args.tasks,
-        )
+        vec = VectorDeliberationEnv(args.episodes, config=config, autoreset=False)
         vec.reset(seed=args.seed)
         shape = (args.episodes, args.num_agents)
         for _ in range(args.max_rounds):
@@ -102,72 +102,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- train
-def _option_type(tp: Any) -> Any:
-    """argparse type of a dataclass field annotation (str under `from __future__`)."""
-    hints = {"int": int, "float": float, "str": str, "bool": _bool}
-    name = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
-    name = name.replace(" | None", "").replace("Optional[", "").rstrip("]")
-    return hints.get(name)
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--field-name`` option per scalar field of a config dataclass."""
-    for f in dataclasses.fields(cls):
-        kind = _option_type(f.type)
-        if kind is None:
-            continue  # dicts and the like: set them from Python
-        default = f.default if f.default is not dataclasses.MISSING else None
-        doc = _field_doc(cls, f.name)
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default,
-            help=f"{doc} (default: {default})",
-        )  # fmt: skip
-
-
-def _field_doc(cls: type, name: str) -> str:
-    """The docstring under a dataclass field, read from the source (CleanRL style)."""
-    for klass in cls.__mro__:
-        try:
-            tree = ast.parse(inspect.getsource(klass))
-        except (OSError, TypeError):
-            continue
-        node = tree.body[0]
-        body = node.body if isinstance(node, ast.ClassDef) else []
-        for field, nxt in zip(body, body[1:]):
-            if (
-                isinstance(field, ast.AnnAssign)
-                and getattr(field.target, "id", None) == name
-                and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant)
-            ):
-                return " ".join(str(nxt.value.value).split())
-    return ""
-
-
 def _train(args: argparse.Namespace, rest: list[str]) -> int:
     from algorithms.registry import get_algorithm
 
     algo = get_algorithm(args.algo)
     cls, train = algo.load()
-    parser = argparse.ArgumentParser(
-        prog=f"deliberate train --algo {args.algo}", description=algo.description
-    )
-    add_config_options(parser, cls)
-    parser.add_argument("--steps", dest="updates", type=int, help="alias of --updates")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    opts = vars(parser.parse_args(rest))
-    resume = opts.pop("resume")
-    if opts.get("updates") is None:
-        opts.pop("updates")
-    cfg = cls(**{k: v for k, v in opts.items() if v is not None})
+    prog = f"deliberate train --algo {args.algo}"
+    cfg, resume = train_config(cls, rest, algo.description, prog)
     kwargs = {"resume": True} if resume else {}
     if resume and "resume" not in inspect.signature(train).parameters:
         raise SystemExit(f"--resume is not supported by {args.algo}: it restarts in seconds")
@@ -200,20 +141,17 @@ def load_policy(path: str) -> Any:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from algorithms.common import TrainConfig, split_tasks
     from algorithms.heuristics import make_protocol
     from experiments.compare import compare, markdown_table
+    from experiments.pipeline import split
 
     if (args.policy is None) == (args.protocol is None):
         raise SystemExit("give exactly one of --policy PATH or --protocol NAME")
     policy = load_policy(args.policy) if args.policy else make_protocol(args.protocol)
     name = args.protocol or Path(args.policy).stem
-    cfg = TrainConfig(profile=args.profile, tasks=args.tasks, num_agents=args.num_agents,
-                      max_rounds=args.max_rounds, env_kwargs=backend_kwargs(args))  # fmt: skip
-    _, eval_tasks = split_tasks(cfg)
-    results = compare(
-        {name: policy}, cfg.env_config(), eval_tasks, args.seeds, args.episodes, args.out
-    )
+    env = env_config(args)
+    _, eval_tasks = split(env.tasks)  # the questions the trainers held out
+    results = compare({name: policy}, env, eval_tasks, args.seeds, args.episodes, args.out)
     print(markdown_table(results))
     return 0
 
@@ -260,7 +198,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     setup = {"backbone": backbone, "benchmark": benchmark or args.benchmark,
              "tasks": _reproduce_tasks(args), "backend": args.backend,
              "backend_kwargs": json.loads(args.backend_kwargs),
-             "env_kwargs": json.loads(args.env_kwargs), "episodes": args.episodes}  # fmt: skip
+             "env": EnvConfig.build(train_env(), **json.loads(args.env_kwargs)),
+             "episodes": args.episodes}  # fmt: skip
     for name in names:
         out = Path(args.out or "runs/reproduce") / name if len(names) > 1 else args.out
         where = Path(out or f"runs/reproduce/{name}")
@@ -276,12 +215,12 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- parser
 def _env_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default=DEFAULT_PROFILE, help="simulated backend profile")
-    p.add_argument("--tasks", default="arithmetic:2000", help="load_tasks spec")
-    p.add_argument("--num-agents", type=int, default=3)
-    p.add_argument("--max-rounds", type=int, default=3)
+    p.add_argument("--profile", default=TRAIN_ENV.profile, help="simulated backend profile")
+    p.add_argument("--tasks", default=TRAIN_ENV.tasks, help="load_tasks spec")
+    p.add_argument("--num-agents", type=int, default=TRAIN_ENV.num_agents)
+    p.add_argument("--max-rounds", type=int, default=TRAIN_ENV.max_rounds)
     g = p.add_argument_group("backend (default: the simulator)")
-    g.add_argument("--backend", default="simulated", help="simulated, hf or openai")
+    g.add_argument("--backend", default=EnvConfig.backend, help="simulated, hf or openai")
     g.add_argument("--model", help="hf: a local path or hub id; openai: the served model name")
     g.add_argument("--base-url", nargs="+", help="openai: one or more endpoints (load-balanced)")
     g.add_argument("--cache", help="SQLite response cache: record, then replay")
@@ -291,7 +230,7 @@ def _env_options(p: argparse.ArgumentParser) -> None:
 
 def _budget_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
-        "--budget", "--preset", dest="budget", default="quick",
+        "--budget", "--preset", dest="budget", default=DEFAULT_BUDGET,
         help=f"tiny (tests), quick (minutes, the default) or paper ({what}); --preset is "
         "the older name of this option, full the older name of paper",
     )  # fmt: skip
@@ -308,19 +247,25 @@ def _reproduce_parser(rep: argparse.ArgumentParser) -> None:
         "--render-only", action="store_true",
         help="rebuild results.md and the figures from OUT/results.json, without training",
     )  # fmt: skip
-    rep.add_argument("--profile", default="llama3.1-8b", help="BACKBONE, or BACKBONE/BENCHMARK")
-    rep.add_argument("--benchmark", default="gsm8k", help="benchmark of one-profile experiments")
+    rep.add_argument("--profile", default=Setup.backbone, help="BACKBONE, or BACKBONE/BENCHMARK")
     rep.add_argument(
-        "--backend", default="simulated",
+        "--benchmark", default=Setup.benchmark, help="benchmark of one-profile experiments"
+    )
+    rep.add_argument(
+        "--backend", default=Setup.backend,
         help="backend that evaluates (training stays on the simulator), e.g. openai or hf",
     )  # fmt: skip
     rep.add_argument("--backend-kwargs", default="{}", help='JSON, e.g. \'{"model": "..."}\'')
-    rep.add_argument("--env-kwargs", default="{}", help="JSON of other EnvConfig fields")
+    rep.add_argument(
+        "--env-kwargs",
+        default="{}",
+        help='JSON of EnvConfig fields, e.g. \'{"reward": "terminal"}\'',
+    )
     rep.add_argument("--tasks-dir", default=None, help="data folder laid out as ../shared/data")
     rep.add_argument(
         "--tasks",
         nargs="+",
-        help="BENCHMARK:PATH or BENCHMARK=SPEC (default: arithmetic:2000 for every benchmark)",
+        help=f"BENCHMARK:PATH or BENCHMARK=SPEC (default: {TRAIN_ENV.tasks} for every benchmark)",
     )
     rep.add_argument("--episodes", type=int, default=None, help="evaluation questions per seed")
     rep.set_defaults(func=_reproduce)
@@ -334,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="one deliberation transcript and a small comparison")
     _env_options(demo)
-    demo.set_defaults(tasks="arithmetic")
+    demo.set_defaults(tasks=EnvConfig.tasks)
     demo.add_argument("--episodes", type=int, default=5000)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
@@ -359,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _budget_option(cmp, "longer, three training seeds")
     cmp.add_argument("--out", default="runs/compare")
-    cmp.add_argument("--profile", default=DEFAULT_PROFILE)
-    cmp.add_argument("--tasks", default="arithmetic:2000")
+    cmp.add_argument("--profile", default=TRAIN_ENV.profile)
+    cmp.add_argument("--tasks", default=TRAIN_ENV.tasks)
     cmp.add_argument("--seed", type=int, default=0, help="first training seed")
     cmp.add_argument("--methods", nargs="+", help="learned methods to train (default: all)")
     cmp.set_defaults(func=_compare)

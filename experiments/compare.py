@@ -15,15 +15,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from algorithms.common import TrainConfig, split_tasks
-from algorithms.evaluate import env_config_dict, evaluate
+from algorithms.common import TRAIN_TASKS, TrainConfig, check_env, split_tasks
+from algorithms.evaluate import evaluate
 from algorithms.heuristics import PROTOCOLS, make_protocol
 from algorithms.policy import Policy
 from algorithms.registry import get_algorithm
 from deliberation_env import EnvConfig
+from deliberation_env.config import DEFAULT_PROFILE
 from deliberation_env.tasks import Task
-from experiments.budgets import Budget, get_budget
-from experiments.pipeline import configure, learning_curve, method_config
+from experiments.budgets import DEFAULT_BUDGET, Budget, get_budget
+from experiments.pipeline import learning_curve, method_config
 from experiments.report import jsonable, markdown_table, write_results
 from experiments.stats import aggregate, mean_ci
 
@@ -44,19 +45,19 @@ METHODS = ("softrankpo", "grpo", "ppo", "sb3_ppo", "sft")
 
 def evaluate_runs(
     policies: Policy | Sequence[Policy],
-    env_config: Mapping[str, Any] | EnvConfig,
+    env: EnvConfig,
     tasks: Sequence[Task],
     seeds: Sequence[int],
     episodes: int,
 ) -> list[dict[str, Any]]:
-    """One `evaluate` run per seed. A list of policies (one per training seed) is cycled
+    """One `evaluate` run of `env` on `tasks` per seed. A list of policies (one per training seed) is cycled
     over the seeds: run r uses ``policies[r % len(policies)]`` (`Budget.train_seeds`)."""
     group = list(policies) if isinstance(policies, (list, tuple)) else [cast(Policy, policies)]
     runs: list[dict[str, Any] | None] = [None] * len(seeds)
     for k, policy in enumerate(group):
         mine = [r for r in range(len(seeds)) if r % len(group) == k]
         if mine:
-            out = evaluate(policy, env_config, tasks, [seeds[r] for r in mine], episodes)
+            out = evaluate(policy, env, tasks, [seeds[r] for r in mine], episodes)
             for r, run in zip(mine, out):
                 runs[r] = run
     return [r for r in runs if r is not None]
@@ -68,7 +69,7 @@ def _tasks_digest(tasks: Sequence[Task]) -> str:
 
 def compare(
     methods: Mapping[str, Policy | Sequence[Policy]],
-    env_config: Mapping[str, Any] | EnvConfig,
+    env: EnvConfig,
     tasks: Sequence[Task],
     seeds: Sequence[int] = (0, 1, 2),
     episodes: int = 1000,
@@ -76,7 +77,8 @@ def compare(
     config: Mapping[str, Any] | None = None,
     learning_curves: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every method on the same questions and seeds and aggregate.
+    """Evaluate every method on `env` with the same questions (`tasks`, in place of the
+    env's) and seeds, and aggregate.
 
     A method is a policy, or a list of policies (one per training seed, `evaluate_runs`).
     Returns ``{"config": {...}, "methods": {NAME: aggregate(...)}}`` and, when `out` is
@@ -84,10 +86,10 @@ def compare(
     ``action_shares.png``, ``accuracy_vs_tokens.png`` and, when `learning_curves` (name
     -> ``[{"step", "team_accuracy"}, ...]``) is given, ``learning_curves.png``.
     """
-    env = {k: v for k, v in env_config_dict(env_config).items() if k != "tasks"}
+    check_env(env, "compare")
     run_config = {
         **dict(config or {}),
-        "env": env,
+        "env": {f.name: getattr(env, f.name) for f in dataclasses.fields(env) if f.name != "tasks"},
         "seeds": [int(s) for s in seeds],
         "episodes": int(episodes),
         "num_tasks": len(tasks),
@@ -95,7 +97,7 @@ def compare(
     }
     results: dict[str, Any] = {"config": jsonable(run_config), "methods": {}}
     for name, policy in methods.items():
-        summary = aggregate(evaluate_runs(policy, env_config, tasks, seeds, episodes))
+        summary = aggregate(evaluate_runs(policy, env, tasks, seeds, episodes))
         first = policy[0] if isinstance(policy, (list, tuple)) else policy
         summary["env_overrides"] = dict(getattr(first, "env_overrides", {}) or {})
         results["methods"][name] = jsonable(summary)
@@ -105,16 +107,15 @@ def compare(
 
 
 def _train(
-    name: str, budget: Budget, base: Mapping[str, Any], out: Path, seeds: Sequence[int],
-    progress: bool,
-) -> tuple[list[Policy], list[dict[str, Any]], float]:  # fmt: skip
+    name: str, budget: Budget, env: EnvConfig, out: Path, seeds: Sequence[int], progress: bool
+) -> tuple[list[Policy], list[dict[str, Any]], float]:
     """Method `name` once per training seed: (policies, first seed's history, seconds)."""
     _, train = get_algorithm(name).load()
     policies, histories = [], []
     start = time.perf_counter()
     for seed in seeds:
         where = out / name if len(seeds) == 1 else out / name / f"seed{seed}"
-        cfg = method_config(name, budget, {**base, "seed": seed, "out": str(where)})
+        cfg = method_config(name, budget, env, seed=seed, out=str(where))
         policy, history = train(cfg, progress=progress)
         policies.append(policy)
         histories.append(history)
@@ -122,10 +123,10 @@ def _train(
 
 
 def run_compare(
-    budget: str | Budget = "quick",
+    budget: str | Budget = DEFAULT_BUDGET,
     out: str | Path = "runs/compare",
-    profile: str = "llama3.1-8b/gsm8k",
-    tasks: str = "arithmetic:2000",
+    profile: str = DEFAULT_PROFILE,
+    tasks: str = TRAIN_TASKS,
     seed: int = 0,
     methods: Sequence[str] | None = None,
     progress: bool = True,
@@ -134,22 +135,22 @@ def run_compare(
 ) -> dict[str, Any]:
     """Train, evaluate and write ``out/results.{json,md}`` and plots; returns the results.
 
-    `budget` is a `BUDGETS` name or a `Budget` (`preset` is its older name). The learned
-    methods train with seeds ``seed + s`` for each `s` in ``budget.train_seeds``; `seed`
-    also seeds the `random` protocol.
+    `budget` is a `BUDGETS` name or a `Budget` (`preset` is its older name). Every method
+    trains on ``EnvConfig(profile=profile, tasks=tasks)`` and is evaluated on the held-out
+    questions of those tasks. The learned methods train with seeds ``seed + s`` for each
+    `s` in ``budget.train_seeds``; `seed` also seeds the `random` protocol.
     """
     name = preset if preset is not None else budget
     b = get_budget(name)
     out = Path(out)
-    base = {"profile": profile, "tasks": tasks, "seed": seed}
-    train_cfg = configure(TrainConfig, **base)
-    _, eval_tasks = split_tasks(train_cfg)
+    env = EnvConfig(profile=profile, tasks=tasks)
+    _, eval_tasks = split_tasks(TrainConfig(env=env))
     policies: dict[str, Any] = {}
     curves: dict[str, list[dict[str, float]]] = {}
     timings: dict[str, float] = {}
     train_seeds = [seed + s for s in b.train_seeds]
     for method in methods or METHODS:
-        trained, history, timings[method] = _train(method, b, base, out, train_seeds, progress)
+        trained, history, timings[method] = _train(method, b, env, out, train_seeds, progress)
         policies[method] = trained if len(trained) > 1 else trained[0]
         if history and "agent_steps" in history[0]:
             curves[method] = learning_curve(history)
@@ -161,11 +162,13 @@ def run_compare(
         "budget": name if isinstance(name, str) else "custom",
         **dataclasses.asdict(b),
         "methods": list(methods or METHODS),
-        **base,
+        "profile": profile,
+        "tasks": tasks,
+        "seed": seed,
         "train_seconds": timings,
     }
     results = compare(
-        policies, train_cfg.env_config(), eval_tasks, b.eval_seeds, b.eval_episodes, out,
+        policies, env, eval_tasks, b.eval_seeds, b.eval_episodes, out,
         config, curves,
     )  # fmt: skip
     (out / "learning_curves.json").write_text(json.dumps(curves))

@@ -9,16 +9,16 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Mapping
 from typing import Any, cast
 
 import numpy as np
 
-from algorithms.common import TrainConfig
+from algorithms.common import TrainConfig, split_tasks
 from algorithms.policy import MetaPolicy
 from algorithms.registry import get_algorithm
-from deliberation_env import load_tasks
-from deliberation_env.tasks import Task, train_eval_split
+from deliberation_env import EnvConfig
+from deliberation_env.config import TaskSource
+from deliberation_env.tasks import Task
 from experiments.budgets import Budget
 from experiments.paper.setup import Setup
 
@@ -29,21 +29,20 @@ def configure(cls: type, **values: Any) -> Any:
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def method_config(name: str, budget: Budget, base: Mapping[str, Any]) -> Any:
-    """The config of learned method `name` under `budget` (equal agent-step budgets);
-    `base` holds the env and seed fields (``profile``, ``tasks``, ``seed``, ...)."""
+def method_config(name: str, budget: Budget, env: EnvConfig, **fields: Any) -> Any:
+    """The config of learned method `name` training on `env` under `budget` (equal
+    agent-step budgets); `fields` are other fields of its config (``seed``, ``out``, ...)."""
     cls, _ = get_algorithm(name).load()
     batch = budget.questions_per_update * budget.group_size
-    values = dict(base, updates=budget.updates, questions_per_update=budget.questions_per_update,
-                  group_size=budget.group_size)  # fmt: skip
+    values = dict(fields, env=env, updates=budget.updates,
+                  questions_per_update=budget.questions_per_update, group_size=budget.group_size)  # fmt: skip
     if name == "sft":
         values.update(episodes=budget.sft_episodes, epochs=budget.sft_epochs)
     elif name == "ppo":
         values.update(questions_per_update=batch, group_size=1)
     elif name == "sb3_ppo":
         # SB3 counts one timestep per agent and round.
-        rounds, agents = base.get("max_rounds", 3), base.get("num_agents", 3)
-        values["total_timesteps"] = budget.updates * batch * rounds * agents
+        values["total_timesteps"] = budget.updates * batch * env.max_rounds * env.num_agents
     return configure(cls, **values)
 
 
@@ -58,10 +57,10 @@ def learning_curve(history: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 @functools.lru_cache(maxsize=32)
-def split(spec: str) -> tuple[list[Task], list[Task]]:
-    """(train, held-out) questions of a `load_tasks` spec, as the trainers split them
-    (`algorithms.common.split_tasks` with the default ``eval_fraction``)."""
-    return train_eval_split(load_tasks(spec), TrainConfig.eval_fraction, seed=0)
+def split(tasks: TaskSource) -> tuple[list[Task], list[Task]]:
+    """(train, held-out) questions of `tasks` (a `load_tasks` spec or a tuple of tasks), as
+    the trainers split them (`algorithms.common.split_tasks`, default ``eval_fraction``)."""
+    return split_tasks(TrainConfig(env=EnvConfig(tasks=tasks)))
 
 
 # --------------------------------------------------------------------------- cached training
@@ -74,96 +73,76 @@ def _key(*parts: Any) -> str:
     return json.dumps(parts, sort_keys=True, default=repr)
 
 
-def _base(
-    setup: Setup, profile: str, tasks: str, num_agents: int, max_rounds: int, seed: int
-) -> dict[str, Any]:
-    env_kwargs = {k: v for k, v in setup.env_kwargs.items() if k not in ("backend",)}
+def _env_key(env: EnvConfig) -> dict[str, Any]:
+    """The fields of a training env that decide what is learned: all but the backend
+    (training runs on the simulator, `Setup.env`)."""
     return {
-        "profile": profile,
-        "tasks": tasks,
-        "num_agents": num_agents,
-        "max_rounds": max_rounds,
-        "seed": seed,
-        "env_kwargs": env_kwargs,
+        k: v for k, v in dataclasses.asdict(env).items() if k not in ("backend", "backend_kwargs")
     }
 
 
-def train_sft(
-    setup: Setup, profile: str, tasks: str, num_agents: int = 3, max_rounds: int = 3, seed: int = 0
-) -> MetaPolicy:
-    """Stage 1 (behaviour cloning on hindsight labels) on the simulator; cached."""
-    base = _base(setup, profile, tasks, num_agents, max_rounds, seed)
-    key = _key("sft", base, dataclasses.asdict(setup.budget))
+def _where(env: EnvConfig, seed: int, extra: str = "") -> str:
+    return f"{env.profile} (N={env.num_agents}, T={env.max_rounds}, seed {seed}{extra})"
+
+
+def train_sft(setup: Setup, env: EnvConfig, seed: int = 0) -> MetaPolicy:
+    """Stage 1 (behaviour cloning on hindsight labels) on the training env `env`; cached."""
+    key = _key("sft", _env_key(env), seed, dataclasses.asdict(setup.budget))
     if key not in _CACHE:
         _, train = get_algorithm("sft").load()
         start = time.perf_counter()
-        trained, _ = train(method_config("sft", setup.budget, base), progress=False)
+        trained, _ = train(method_config("sft", setup.budget, env, seed=seed), progress=False)
         _CACHE[key] = trained
-        setup.log(
-            f"  trained sft on {profile} (N={num_agents}, T={max_rounds}, seed {seed}) "
-            f"in {time.perf_counter() - start:.0f} s"
-        )
+        setup.log(f"  trained sft on {_where(env, seed)} in {time.perf_counter() - start:.0f} s")
     return cast(MetaPolicy, _CACHE[key])
 
 
 def train_rl(
     setup: Setup,
     method: str,
-    profile: str,
-    tasks: str,
-    num_agents: int = 3,
-    max_rounds: int = 3,
+    env: EnvConfig,
     seed: int = 0,
     from_sft: bool = True,
     **overrides: Any,
 ) -> tuple[MetaPolicy, list[dict[str, Any]]]:
-    """`method` (softrankpo, grpo, ppo, ...) on the simulator, started from and KL-anchored
-    at the SFT policy when `from_sft` (MPDF's two-stage pipeline); cached. `overrides` are
-    config fields (``tau=0.6``, ``reward_transform="exp"``, ...)."""
-    base = _base(setup, profile, tasks, num_agents, max_rounds, seed)
-    key = _key(method, base, dataclasses.asdict(setup.budget), from_sft, overrides)
+    """`method` (softrankpo, grpo, ppo, ...) on the training env `env`, started from and
+    KL-anchored at the SFT policy when `from_sft` (MPDF's two-stage pipeline); cached.
+    `overrides` are config fields (``tau=0.6``, ``reward_transform="exp"``, ...)."""
+    key = _key(method, _env_key(env), seed, dataclasses.asdict(setup.budget), from_sft, overrides)
     if key in _CACHE:
         return cast(tuple[MetaPolicy, list[dict[str, Any]]], _CACHE[key])
-    cfg = method_config(method, setup.budget, base)
+    cfg = method_config(method, setup.budget, env, seed=seed)
     if method == "ppo":
         cfg = dataclasses.replace(cfg, beta=TrainConfig.beta)  # the pipeline's KL anchor
     cfg = dataclasses.replace(cfg, **overrides)
     start_policy = ref = None
     if from_sft:
-        ref = train_sft(setup, profile, tasks, num_agents, max_rounds, seed)
+        ref = train_sft(setup, env, seed)
         start_policy = copy.deepcopy(ref)
     start = time.perf_counter()
     _, train = get_algorithm(method).load()
     policy, history = train(cfg, policy=start_policy, ref=ref, progress=False)
     extra = "".join(f", {k}={v}" for k, v in overrides.items())
     setup.log(
-        f"  trained {'sft+' if from_sft else ''}{method} on {profile} (N={num_agents}, "
-        f"T={max_rounds}, seed {seed}{extra}) in {time.perf_counter() - start:.0f} s"
+        f"  trained {'sft+' if from_sft else ''}{method} on {_where(env, seed, extra)} "
+        f"in {time.perf_counter() - start:.0f} s"
     )
     _CACHE[key] = (policy, history)
     return cast(MetaPolicy, policy), history
 
 
-def learned(
-    setup: Setup,
-    name: str,
-    profile: str,
-    tasks: str,
-    num_agents: int = 3,
-    max_rounds: int = 3,
-    **overrides: Any,
-) -> list[MetaPolicy]:
-    """One policy per training seed of the budget for a learned row name: ``sft``,
-    ``sft+METHOD`` (the two-stage pipeline) or ``METHOD`` (RL from a fresh policy)."""
+def learned(setup: Setup, name: str, env: EnvConfig, **overrides: Any) -> list[MetaPolicy]:
+    """One policy per training seed of the budget for a learned row name, trained on `env`:
+    ``sft``, ``sft+METHOD`` (the two-stage pipeline) or ``METHOD`` (RL from a fresh
+    policy)."""
     policies = []
     for seed in setup.budget.train_seeds:
         if name == "sft":
-            policies.append(train_sft(setup, profile, tasks, num_agents, max_rounds, seed))
+            policies.append(train_sft(setup, env, seed))
         else:
             method = name.removeprefix("sft+")
             policy, _ = train_rl(
-                setup, method, profile, tasks, num_agents, max_rounds, seed,
-                from_sft=name.startswith("sft+"), **overrides,
-            )  # fmt: skip
+                setup, method, env, seed, from_sft=name.startswith("sft+"), **overrides
+            )
             policies.append(policy)
     return policies

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from experiments.budgets import Budget, get_budget
+from experiments.budgets import DEFAULT_BUDGET, Budget, get_budget
 from experiments.paper import (
     action_shift,
     backbones,
@@ -87,7 +87,7 @@ def render_experiment(name: str, out: str | Path) -> list[Path]:
 
 
 def run_experiment(
-    name: str, out: str | Path | None = None, budget: str | Budget = "quick", **setup: Any
+    name: str, out: str | Path | None = None, budget: str | Budget = DEFAULT_BUDGET, **setup: Any
 ) -> dict[str, Any]:
     """Run experiment `name` into `out` (default ``runs/reproduce/NAME``) with `budget`
     (a `BUDGETS` name or a `Budget`); `setup` holds `Setup` fields."""

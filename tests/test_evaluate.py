@@ -4,6 +4,7 @@ split is tested with the tasks, in tests/test_tasks.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,11 +13,11 @@ import pytest
 
 from algorithms.evaluate import ACTION_KEYS, episode_seeds, evaluate
 from algorithms.heuristics import make_protocol
-from deliberation_env import VectorDeliberationEnv, load_tasks
+from deliberation_env import EnvConfig, VectorDeliberationEnv, load_tasks
 from experiments.compare import compare, markdown_table
 from experiments.stats import aggregate, mean_ci
 
-ENV = {"profile": "llama3.1-8b/gsm8k", "num_agents": 3, "max_rounds": 3}
+ENV = EnvConfig(profile="llama3.1-8b/gsm8k", num_agents=3, max_rounds=3)
 TASKS = load_tasks("arithmetic:300")
 EPISODES = 200
 
@@ -36,7 +37,7 @@ def test_same_seed_gives_identical_metrics(runs):
 
 
 def test_always_persist_spends_only_the_initial_answers_tokens(runs):
-    env = VectorDeliberationEnv(EPISODES, autoreset=False, tasks=TASKS, **ENV)
+    env = VectorDeliberationEnv(EPISODES, ENV, autoreset=False, tasks=TASKS)
     for seed, run in zip((0, 1), runs["always_persist"]):
         _, infos = env.reset(seed=episode_seeds(seed, EPISODES))
         assert run["tokens_per_question"] == pytest.approx(infos["tokens"].sum(1).mean(), rel=1e-12)
@@ -71,7 +72,7 @@ def test_initial_accuracy_is_shared_by_every_protocol_with_the_same_seed(runs):
 def test_early_stopping_keeps_the_final_accuracy_for_the_remaining_rounds():
     run = evaluate(
         make_protocol("concede_to_plurality"),
-        {**ENV, "stop_on_consensus": True},
+        dataclasses.replace(ENV, stop_on_consensus=True),
         TASKS,
         (3,),
         EPISODES,
@@ -121,7 +122,7 @@ def test_compare_writes_results_json_markdown_and_plots(tmp_path):
     assert on_disk == results
     assert set(on_disk) == {"config", "methods"}
     assert on_disk["config"]["preset"] == "test" and on_disk["config"]["seeds"] == [0, 1]
-    assert on_disk["config"]["env"]["profile"] == ENV["profile"]
+    assert on_disk["config"]["env"]["profile"] == ENV.profile
     assert set(on_disk["methods"]) == set(methods)
     for m in on_disk["methods"].values():
         for key in ("team_accuracy", "agent_accuracy", "consensus_rate", "tokens_per_question"):

@@ -17,7 +17,7 @@ from scripted_backend import TASKS, W1, W2, R, Say, ScriptedBackend, X
 from algorithms.evaluate import evaluate
 from algorithms.heuristics import PROTOCOLS, Features, make_protocol, register_protocol
 from algorithms.policy import Policy
-from deliberation_env import Action, VectorDeliberationEnv, voting
+from deliberation_env import Action, EnvConfig, VectorDeliberationEnv, voting
 from deliberation_env.counterfactual import (
     best_joint_actions,
     counterfactual_rewards,
@@ -27,7 +27,7 @@ from deliberation_env.counterfactual import (
 )
 
 P, F, C = int(Action.PERSIST), int(Action.REFINE), int(Action.CONCEDE)
-SIM = {"profile": "llama3.1-8b/gsm8k", "tasks": "arithmetic:300", "num_agents": 3}
+SIM = EnvConfig(profile="llama3.1-8b/gsm8k", tasks="arithmetic:300", num_agents=3)
 
 
 class RoundScripted(ScriptedBackend):
@@ -42,13 +42,13 @@ class RoundScripted(ScriptedBackend):
 
 def random_history(num_envs: int, rounds: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 3, (num_envs, SIM["num_agents"])) for _ in range(rounds)]
+    return [rng.integers(0, 3, (num_envs, SIM.num_agents)) for _ in range(rounds)]
 
 
 def sim_env(num_envs: int, seed, history: int | list[np.ndarray] = 0, **kwargs):
     """A simulated vector env reset with `seed`, then stepped with `history` (a list of
     action arrays, or a number of rounds of seeded random actions)."""
-    env = VectorDeliberationEnv(num_envs, autoreset=False, **{**SIM, **kwargs})
+    env = VectorDeliberationEnv(num_envs, SIM, autoreset=False, **kwargs)
     obs, infos = env.reset(seed=seed)
     if isinstance(history, int):
         history = random_history(num_envs, history)
@@ -363,13 +363,13 @@ def test_single_runs_one_agent_and_reconcile_a_weighted_vote():
     # One confident right agent against two unsure ones agreeing on W1: the weighted
     # vote (0.875 > 0.25 + 0.25) picks R, the plurality W1. Same actions, same answers.
     def script():
-        return {
-            "backend": RoundScripted(
+        return EnvConfig(
+            backend=RoundScripted(
                 [Say(R, conf=0.875), Say(W1, conf=0.25), Say(W1, conf=0.25)],
                 {0: [Say(R, conf=0.875)], 1: [Say(W1, conf=0.25)], 2: [Say(W1, conf=0.25)]},
             ),
-            "max_rounds": 1,
-        }
+            max_rounds=1,
+        )
 
     weighted = evaluate(make_protocol("reconcile"), script(), TASKS, seeds=(0,), episodes=4)[0]
     plurality = evaluate(make_protocol("debate"), script(), TASKS, seeds=(0,), episodes=4)[0]

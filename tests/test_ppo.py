@@ -9,12 +9,16 @@ import math
 import pytest
 import torch
 
-from algorithms.common import make_policy, split_tasks
+from algorithms.common import TRAIN_TASKS, make_policy, split_tasks
 from algorithms.evaluate import evaluate
 from algorithms.heuristics import make_protocol
 from algorithms.policy import MetaPolicy
 from algorithms.ppo import PPOConfig, train, with_value_head
+from deliberation_env import EnvConfig
 from deliberation_env.observation import ObservationLayout
+
+TOY = EnvConfig(profile="toy", tasks=TRAIN_TASKS)
+"""The trainers' default env on the `toy` profile."""
 
 
 # --------------------------------------------------------------------------- config
@@ -31,7 +35,7 @@ def test_config_validation():
 
 # --------------------------------------------------------------------------- smoke
 def tiny(**kw) -> PPOConfig:
-    return PPOConfig(**{"profile": "toy", "questions_per_update": 16, "updates": 1, **kw})
+    return PPOConfig(**{"env": TOY, "questions_per_update": 16, "updates": 1, **kw})
 
 
 @pytest.mark.parametrize(
@@ -85,14 +89,14 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
 # --------------------------------------------------------------------------- learning
 def team_accuracy(policy, cfg: PPOConfig, episodes: int = 1000) -> float:
     _, eval_tasks = split_tasks(cfg)
-    (run,) = evaluate(policy, cfg.env_config(), eval_tasks, seeds=(0,), episodes=episodes)
+    (run,) = evaluate(policy, cfg.env, eval_tasks, seeds=(0,), episodes=episodes)
     return run["team_accuracy"]
 
 
 def test_ppo_beats_random_and_always_persist_on_toy():
     # ~30 updates of 32 questions (8.6k agent-steps), a few seconds on one core.
     # Measured (seed 0): PPO 0.82, always PERSIST 0.74, random 0.73; seeds 1-3: 0.76-0.84.
-    cfg = PPOConfig(profile="toy", questions_per_update=32, updates=30, lr=1e-3, seed=0)
+    cfg = PPOConfig(env=TOY, questions_per_update=32, updates=30, lr=1e-3, seed=0)
     policy, history = train(cfg, progress=False)
     ppo = team_accuracy(policy, cfg)
     persist = team_accuracy(make_protocol("always_persist"), cfg)
@@ -104,7 +108,7 @@ def test_ppo_beats_random_and_always_persist_on_toy():
 @pytest.mark.slow
 @pytest.mark.parametrize("centralised_critic", [False, True], ids=["ippo", "mappo"])
 def test_ppo_default_batch_beats_baselines_on_toy(centralised_critic):
-    cfg = PPOConfig(profile="toy", updates=30, seed=1, centralised_critic=centralised_critic)
+    cfg = PPOConfig(env=TOY, updates=30, seed=1, centralised_critic=centralised_critic)
     policy, _ = train(cfg, progress=False)
     ppo = team_accuracy(policy, cfg, episodes=2000)
     persist = team_accuracy(make_protocol("always_persist"), cfg, episodes=2000)

@@ -19,7 +19,7 @@ from algorithms.common import TrainConfig, grouped_advantages, policy_gradient_u
 from algorithms.heuristics import PROTOCOLS
 from algorithms.registry import ALGORITHMS, get_algorithm, register_algorithm
 from algorithms.trainer import make_train
-from deliberation_env import load_tasks
+from deliberation_env import EnvConfig, load_tasks
 from experiments.budgets import BUDGETS, Budget
 from experiments.cli import main
 from experiments.compare import evaluate_runs, run_compare
@@ -124,11 +124,12 @@ def test_registered_algorithm_trains_from_cli(registry, tmp_path: Path) -> None:
 def test_registered_algorithm_in_reproduce_pipeline(registry) -> None:
     """The paper's pipeline loads learned methods through the registry: SFT, then ours."""
     setup = Setup(budget=BUDGETS["tiny"], progress=False)
-    policy, history = train_rl(setup, "rloo_test", "toy", "arithmetic:200", seed=7)
+    env = EnvConfig(profile="toy", tasks="arithmetic:200")
+    policy, history = train_rl(setup, "rloo_test", env, seed=7)
     assert len(history) == BUDGETS["tiny"].updates
     eval_seeds = setup.budget.eval_seeds
     tasks = load_tasks("arithmetic:200")[:40]
-    runs = evaluate_runs([policy], setup.eval_config("toy"), tasks, eval_seeds, 40)
+    runs = evaluate_runs([policy], setup.eval_config(env), tasks, eval_seeds, 40)
     assert len(runs) == len(eval_seeds)
     assert all(0.0 <= r["team_accuracy"] <= 1.0 for r in runs)
 
@@ -158,14 +159,13 @@ def test_doc_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         exec(compile(source, str(DOC), "exec"), module.__dict__)
         cls, fn = get_algorithm("rloo").load()
         assert cls is module.RLOOConfig and fn is module.train
-        cfg = cls(profile="toy", tasks="arithmetic:100", updates=2, questions_per_update=4,
-                  group_size=4)  # fmt: skip
+        env = EnvConfig(profile="toy", tasks="arithmetic:100")
+        cfg = cls(env=env, updates=2, questions_per_update=4, group_size=4)
         policy, history = fn(cfg, progress=False)
         assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
         assert history[-1]["agent_steps"] > 0 and "team_accuracy" in history[-1]
         with pytest.raises(ValueError, match="group_size >= 2"):
-            fn(cls(profile="toy", tasks="arithmetic:100", updates=1, questions_per_update=4,
-                   group_size=1), progress=False)  # fmt: skip
+            fn(cls(env=env, updates=1, questions_per_update=4, group_size=1), progress=False)
     finally:
         ALGORITHMS.clear()
         ALGORITHMS.update(saved)

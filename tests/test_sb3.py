@@ -7,17 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.common import split_tasks
+from algorithms.common import TRAIN_TASKS, split_tasks
 from algorithms.evaluate import evaluate
 from algorithms.heuristics import make_protocol
 from algorithms.sb3 import SB3Config, SB3Policy, make_vec_env, train_sb3
+from deliberation_env import EnvConfig
 from deliberation_env.observation import ObservationLayout
+
+TOY = EnvConfig(profile="toy", tasks=TRAIN_TASKS)
+"""The trainers' default env on the `toy` profile."""
 
 
 def small(seed: int = 0) -> SB3Config:
     # 4 envs x 3 agents x 32 rounds = 384 agent-steps per rollout, 8 rollouts.
     return SB3Config(
-        profile="toy", num_envs=4, n_steps=32, batch_size=128, total_timesteps=3000, seed=seed
+        env=TOY, num_envs=4, n_steps=32, batch_size=128, total_timesteps=3000, seed=seed
     )
 
 
@@ -28,7 +32,7 @@ def two_runs():
 
 def test_make_vec_env_is_seeded():
     def trajectory(seed):
-        env = make_vec_env(2, seed=seed, profile="toy")
+        env = make_vec_env(2, seed=seed, config=EnvConfig(profile="toy"))
         out = [env.reset()]
         for _ in range(4):  # past an episode end (3 rounds): SuperSuit auto-resets
             env.step_async(np.full(env.num_envs, 1))
@@ -75,12 +79,12 @@ def test_sb3_policy_runs_in_the_evaluation_harness(two_runs):
     (policy, _), _ = two_runs
     cfg = small()
     _, eval_tasks = split_tasks(cfg)
-    (run,) = evaluate(policy, cfg.env_config(), eval_tasks, seeds=(0,), episodes=64)
+    (run,) = evaluate(policy, cfg.env, eval_tasks, seeds=(0,), episodes=64)
     assert 0.0 <= run["team_accuracy"] <= 1.0
 
 
 def test_out_writes_a_loadable_policy(tmp_path):
-    cfg = SB3Config(profile="toy", num_envs=2, n_steps=8, batch_size=48, total_timesteps=48)
+    cfg = SB3Config(env=TOY, num_envs=2, n_steps=8, batch_size=48, total_timesteps=48)
     cfg.out = str(tmp_path)
     policy, history = train_sb3(cfg, progress=False)
     loaded = SB3Policy.load(tmp_path / "policy.zip")
@@ -92,12 +96,12 @@ def test_out_writes_a_loadable_policy(tmp_path):
 
 @pytest.mark.slow
 def test_sb3_beats_random_on_toy():
-    cfg = SB3Config(profile="toy", total_timesteps=20_000, seed=0)
+    cfg = SB3Config(env=TOY, total_timesteps=20_000, seed=0)
     policy, _ = train_sb3(cfg, progress=False)
     _, eval_tasks = split_tasks(cfg)
 
     def accuracy(policy):
-        runs = evaluate(policy, cfg.env_config(), eval_tasks, seeds=(0,), episodes=2000)
+        runs = evaluate(policy, cfg.env, eval_tasks, seeds=(0,), episodes=2000)
         return runs[0]["team_accuracy"]
 
     assert accuracy(policy) > accuracy(make_protocol("random")) + 0.03

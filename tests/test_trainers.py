@@ -14,15 +14,24 @@ import pytest
 import torch
 
 from algorithms import grpo, ppo, reinforce, sft, softrankpo
-from algorithms.common import TrainConfig, grouped_advantages, policy_gradient_update, split_tasks
+from algorithms.common import (
+    TRAIN_TASKS,
+    TrainConfig,
+    grouped_advantages,
+    policy_gradient_update,
+    split_tasks,
+)
 from algorithms.evaluate import evaluate
 from algorithms.heuristics import make_protocol
 from algorithms.policy import MetaPolicy
 from algorithms.trainer import Trainer
+from deliberation_env import EnvConfig
+
+TOY = EnvConfig(profile="toy", tasks=TRAIN_TASKS)
+"""The trainers' default env on the `toy` profile."""
 
 TINY = dict(
-    profile="toy",
-    tasks="arithmetic:400",
+    env=EnvConfig(profile="toy", tasks="arithmetic:400"),
     questions_per_update=8,
     group_size=4,
     updates=2,
@@ -65,7 +74,7 @@ def test_trainer_changes_parameters_and_losses_are_finite(name):
 
 
 def test_sft_fits_hindsight_labels():
-    cfg = sft.SFTConfig(profile="toy", tasks="arithmetic:400", episodes=256, epochs=3)
+    cfg = sft.SFTConfig(env=TINY["env"], episodes=256, epochs=3)
     policy, history = sft.train(cfg, progress=False)
     assert len(history) == 3
     assert history[-1]["loss"] < history[0]["loss"]
@@ -76,7 +85,7 @@ def test_sft_fits_hindsight_labels():
 
 
 def test_two_stage_anchors_kl_at_the_sft_policy():
-    sft_cfg = sft.SFTConfig(profile="toy", tasks="arithmetic:400", episodes=128, epochs=2)
+    sft_cfg = sft.SFTConfig(env=TINY["env"], episodes=128, epochs=2)
     rl_cfg = softrankpo.SoftRankPOConfig(**TINY)
     sft_policy, rl_policy, history = sft.two_stage(
         sft_cfg, softrankpo.train, rl_cfg, progress=False
@@ -137,13 +146,11 @@ def test_golden_run_softrankpo():
 
 def _team_accuracy(policy, cfg: TrainConfig, episodes: int = 1000) -> float:
     _, eval_tasks = split_tasks(cfg)
-    runs = evaluate(policy, cfg.env_config(), eval_tasks, seeds=(0, 1), episodes=episodes)
+    runs = evaluate(policy, cfg.env, eval_tasks, seeds=(0, 1), episodes=episodes)
     return float(np.mean([r["team_accuracy"] for r in runs]))
 
 
-LEARN = dict(
-    profile="toy", tasks="arithmetic:2000", questions_per_update=32, group_size=8, updates=30
-)
+LEARN = dict(env=TOY, questions_per_update=32, group_size=8, updates=30)
 
 
 @pytest.mark.parametrize("name", ["softrankpo", "grpo", "reinforce"])
@@ -235,7 +242,7 @@ def _reseeding(update):
 @pytest.mark.parametrize("method", ["softrankpo", "ppo"])
 def test_global_torch_seeding_changes_nothing(method):
     if method == "ppo":
-        cfg = ppo.PPOConfig(profile="toy", questions_per_update=16, updates=2)
+        cfg = ppo.PPOConfig(env=TOY, questions_per_update=16, updates=2)
         train, update, size = ppo.train, ppo.update, ppo.critic_state_size(cfg)
     else:
         cfg = softrankpo.SoftRankPOConfig(**TINY)
@@ -276,11 +283,3 @@ def test_rank_matching_logs_its_own_diagnostics():
     for row in history:
         assert 0.0 <= row["top1_agreement"] <= 1.0
         assert np.isfinite(row["approx_kl"]) and np.isfinite(row["pg_loss"])
-
-
-def test_trainer_keeps_its_old_import_path():
-    from algorithms import common
-
-    assert common.Trainer is Trainer
-    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        _ = common.Nope

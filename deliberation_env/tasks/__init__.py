@@ -10,7 +10,7 @@ from deliberation_env.tasks.loaders import (
     register_hf_dataset,
     register_loader,
 )
-from deliberation_env.tasks.split import train_eval_split
+from deliberation_env.tasks.split import normalise_question, train_eval_split
 from deliberation_env.tasks.task import CHOICE_LETTERS, TASK_KINDS, Task, TaskKind
 from deliberation_env.tasks.verify import last_boxed, normalize_answer, parse_number, verify
 
@@ -25,6 +25,7 @@ __all__ = [
     "generate_arithmetic",
     "last_boxed",
     "load_tasks",
+    "normalise_question",
     "normalize_answer",
     "parse_number",
     "register_hf_dataset",

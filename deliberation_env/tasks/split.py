@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from deliberation_env.tasks.task import Task
 
 
-def _normalise_question(text: str) -> str:
+def normalise_question(text: str) -> str:
+    """A question's text with whitespace collapsed and case folded: the key that matches
+    the same question across splits, task files and transcripts."""
     return " ".join(text.split()).casefold()
 
 
@@ -30,8 +32,6 @@ def train_eval_split(
 
     sides = [in_eval(t) for t in tasks]
     train = [t for t, e in zip(tasks, sides) if not e]
-    seen = {_normalise_question(t.question) for t in train if t.question.strip()}
-    held_out = [
-        t for t, e in zip(tasks, sides) if e and _normalise_question(t.question) not in seen
-    ]
+    seen = {normalise_question(t.question) for t in train if t.question.strip()}
+    held_out = [t for t, e in zip(tasks, sides) if e and normalise_question(t.question) not in seen]
     return train, held_out

@@ -30,10 +30,10 @@ KEPT = (
 
 def run(setup: Setup, stages: Sequence[str] = STAGES) -> dict[str, Any]:
     t0, results = start(NAME, setup)
-    profile, tasks = setup.profile(), setup.task_spec()
+    env = setup.cell()
     by_stage: dict[str, Any] = {}
     for name in stages:
-        runs = evaluate_policies(setup, learned(setup, name, profile, tasks), profile, tasks)
+        runs = evaluate_policies(setup, learned(setup, name, env), env)
         agg = aggregate(runs)
         by_stage[name] = {k: agg[k] for k in KEPT}
     results.update(stages=by_stage, **clock(t0))

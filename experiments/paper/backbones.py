@@ -29,9 +29,9 @@ def run(setup: Setup, backbones: Sequence[str] = BACKBONES) -> dict[str, Any]:
     t0, results = start(NAME, setup)
     per: dict[str, Any] = {}
     for bb in backbones:
-        profile = setup.profile(backbone=bb)
-        setup.log(f"  {profile}")
-        runs = evaluate_rows(setup, ROWS, profile, setup.task_spec())
+        env = setup.cell(backbone=bb)
+        setup.log(f"  {env.profile}")
+        runs = evaluate_rows(setup, ROWS, env)
         agg = {row: accuracy_and_tokens(r) for row, r in runs.items()}
         best = best_heuristic(agg, HEURISTICS)
         diff = np.subtract(
@@ -39,7 +39,7 @@ def run(setup: Setup, backbones: Sequence[str] = BACKBONES) -> dict[str, Any]:
             [r["team_accuracy"] for r in runs[best]],
         )
         per[bb] = {
-            "profile": profile,
+            "profile": env.profile,
             "best_heuristic": best,
             "methods": agg,
             "softrankpo_minus_best": interval(diff),

@@ -10,6 +10,7 @@ from typing import Any
 
 from algorithms.heuristics import make_protocol
 from algorithms.policy import Policy
+from deliberation_env import EnvConfig
 from experiments.compare import evaluate_runs
 from experiments.paper.setup import LEARNED, PAPER, Setup
 from experiments.pipeline import learned, split
@@ -38,33 +39,28 @@ def protocol(name: str) -> Policy:
 
 
 def evaluate_policies(
-    setup: Setup, policies: Policy | Sequence[Policy], profile: str, tasks: str,
-    num_agents: int = 3, max_rounds: int = 3,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Runs of `policies` (one per training seed) on the held-out questions of `tasks`,
-    one per evaluation seed of the budget."""
-    env_config = setup.eval_config(profile, num_agents, max_rounds)
-    _, eval_tasks = split(tasks)
+    setup: Setup, policies: Policy | Sequence[Policy], env: EnvConfig
+) -> list[dict[str, Any]]:
+    """Runs of `policies` (one per training seed) on the held-out questions of the cell
+    `env` (on the evaluating backend), one per evaluation seed of the budget."""
+    _, eval_tasks = split(env.tasks)
     seeds = setup.budget.eval_seeds
-    return evaluate_runs(policies, env_config, eval_tasks, seeds, setup.eval_episodes)
+    return evaluate_runs(policies, setup.eval_config(env), eval_tasks, seeds, setup.eval_episodes)
 
 
 def evaluate_rows(
-    setup: Setup, rows: Sequence[str], profile: str, tasks: str,
-    num_agents: int = 3, max_rounds: int = 3,
-) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    """Train (cached) and evaluate each row on held-out questions: row -> runs. The oracle
-    is skipped on a real backend (its look-ahead is defined for the simulator only)."""
+    setup: Setup, rows: Sequence[str], env: EnvConfig
+) -> dict[str, list[dict[str, Any]]]:
+    """Train (cached) on the cell `env` and evaluate each row on its held-out questions:
+    row -> runs. The oracle is skipped on a real backend (its look-ahead is defined for the
+    simulator only)."""
     policies: dict[str, Policy | list] = {}
     for row in rows:  # train every row first, then evaluate (the log reads in that order)
         if row in LEARNED:
-            policies[row] = learned(setup, row, profile, tasks, num_agents, max_rounds)
+            policies[row] = learned(setup, row, env)
         elif row != "oracle" or setup.simulated:
             policies[row] = protocol(row)
-    return {
-        row: evaluate_policies(setup, p, profile, tasks, num_agents, max_rounds)
-        for row, p in policies.items()
-    }
+    return {row: evaluate_policies(setup, p, env) for row, p in policies.items()}
 
 
 def accuracy_and_tokens(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

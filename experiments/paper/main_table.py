@@ -32,9 +32,9 @@ def run(
             )
             setup.log("  humaneval skipped on a real backend (code answers cannot be verified)")
             continue
-        profile = setup.profile(bench)
-        setup.log(f"  {profile}")
-        for row, r in evaluate_rows(setup, rows, profile, setup.task_spec(bench)).items():
+        env = setup.cell(bench)
+        setup.log(f"  {env.profile}")
+        for row, r in evaluate_rows(setup, rows, env).items():
             runs[row][bench] = r
         columns.append(bench)
     runs = {row: r for row, r in runs.items() if r}

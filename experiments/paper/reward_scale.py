@@ -54,19 +54,18 @@ def _method(
     ref: str, from_sft: bool,
 ) -> tuple[dict[str, Any], dict[str, list]]:  # fmt: skip
     """Each transform's accuracy, and its parameter and curve distance to `ref`'s runs."""
-    profile, tasks = setup.profile(), setup.task_spec()
+    env = setup.cell()
     trained: dict[str, Trained] = {
         tf: [
-            train_rl(setup, method, profile, tasks, seed=s, from_sft=from_sft,
-                     reward_transform=tf, **overrides)
+            train_rl(setup, method, env, s, from_sft, reward_transform=tf, **overrides)
             for s in setup.budget.train_seeds
         ]
         for tf in transforms
-    }  # fmt: skip
+    }
     by_tf: dict[str, Any] = {}
     curves: dict[str, list] = {}
     for tf, runs in trained.items():
-        evaluated = evaluate_policies(setup, [p for p, _ in runs], profile, tasks)
+        evaluated = evaluate_policies(setup, [p for p, _ in runs], env)
         by_tf[tf] = accuracy_and_tokens(evaluated)
         curves[tf] = [learning_curve(h) for _, h in runs]
         if tf != ref:

@@ -4,6 +4,7 @@ oracle."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,11 @@ def run(
     setup: Setup, rounds: Sequence[int] = (1, 2, 3, 4, 5), agents: Sequence[int] = (2, 3, 4, 5)
 ) -> dict[str, Any]:
     t0, results = start(NAME, setup)
-    profile, tasks = setup.profile(), setup.task_spec()
+    base = setup.cell()
     settings = [("rounds", 3, t) for t in rounds] + [("agents", n, 3) for n in agents]
     sweeps: dict[str, list] = {"rounds": [], "agents": []}
     for axis, n, t in settings:
-        runs = evaluate_rows(setup, ROWS, profile, tasks, num_agents=n, max_rounds=t)
+        runs = evaluate_rows(setup, ROWS, dataclasses.replace(base, num_agents=n, max_rounds=t))
         agg = {row: accuracy_and_tokens(r) for row, r in runs.items()}
         best = best_heuristic(agg, SWEEP_HEURISTICS)
         sweeps[axis].append(

@@ -20,15 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.budgets import BUDGETS, Budget
+from algorithms.common import check_env, train_env
+from deliberation_env import EnvConfig
+from deliberation_env.config import DEFAULT_PROFILE, TaskSource
+from experiments.budgets import BUDGETS, DEFAULT_BUDGET, Budget
 
 BACKBONES = ("llama3.1-8b", "llama3.2-3b", "qwen2.5-7b", "qwen2.5-3b")
 """The paper's four Instruct backbones (simulator profiles ``BACKBONE/BENCHMARK``)."""
 BENCHMARKS = ("gsm8k", "math", "aime", "amc", "mmlu", "humaneval")
 """The paper's six benchmarks, in its Table 1 order."""
-DEFAULT_TASKS = "arithmetic:2000"
-"""Questions for every profile: the simulator uses a question's id only (for its latent
-difficulty), so the built-in generator serves every benchmark profile."""
+DEFAULT_BACKBONE, _, DEFAULT_BENCHMARK = DEFAULT_PROFILE.partition("/")
+"""The backbone and benchmark of the env's default simulator profile."""
 DATA_FOLDERS = {
     "gsm8k": "gsm8k/test.jsonl",
     "math": "minerva_math/test.jsonl",
@@ -90,24 +92,37 @@ class Setup:
     """What every experiment shares: the budget, the backbone, the questions, and the
     backend that evaluates (training always runs on the simulator)."""
 
-    budget: Budget = BUDGETS["quick"]
+    budget: Budget = BUDGETS[DEFAULT_BUDGET]
     """Training and evaluation budgets (`experiments.budgets`)."""
-    backbone: str = "llama3.1-8b"
+    backbone: str = DEFAULT_BACKBONE
     """The backbone of the simulator profiles (``BACKBONE/BENCHMARK``)."""
-    benchmark: str = "gsm8k"
+    benchmark: str = DEFAULT_BENCHMARK
     """The benchmark of the single-profile experiments (all but main-table, backbones)."""
     tasks: Mapping[str, str] = field(default_factory=dict)
-    """Benchmark -> `load_tasks` spec; a benchmark not listed gets `DEFAULT_TASKS`."""
-    backend: Any = "simulated"
+    """Benchmark -> `load_tasks` spec; a benchmark not listed gets ``env.tasks`` (by default
+    `algorithms.common.TRAIN_TASKS`: the simulator reads a question's id only, for its
+    latent difficulty, so the built-in generator serves every benchmark profile)."""
+    backend: Any = EnvConfig.backend
     """The backend that *evaluates* (a registered name or an instance)."""
     backend_kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Arguments of the evaluating backend (model, base_url, ...)."""
-    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    """Other `EnvConfig` fields, for training and evaluation alike."""
+    env: EnvConfig = field(default_factory=train_env)
+    """The base env of every cell, for training and evaluation alike: each experiment sets
+    its ``profile`` and ``tasks`` (`cell`), some its ``num_agents`` and ``max_rounds``.
+    On the simulator: the backend that evaluates is `backend`."""
     episodes: int | None = None
     """Override of the budget's evaluation episodes (a real backend pays per question)."""
     progress: bool = True
     """Print a line per experiment and per trained policy."""
+
+    def __post_init__(self) -> None:
+        check_env(self.env, "Setup")
+        if self.env.backend != "simulated" or self.env.backend_kwargs:
+            raise ValueError(
+                f"Setup.env has backend={self.env.backend!r}, backend_kwargs="
+                f"{dict(self.env.backend_kwargs)}: training runs on the simulator; pass the "
+                "backend that evaluates as Setup(backend=..., backend_kwargs=...)"
+            )
 
     @property
     def simulated(self) -> bool:
@@ -117,23 +132,23 @@ class Setup:
     def eval_episodes(self) -> int:
         return self.episodes or self.budget.eval_episodes
 
-    def profile(self, benchmark: str | None = None, backbone: str | None = None) -> str:
-        return f"{backbone or self.backbone}/{benchmark or self.benchmark}"
+    def task_spec(self, benchmark: str | None = None) -> TaskSource:
+        return self.tasks.get(benchmark or self.benchmark, self.env.tasks)
 
-    def task_spec(self, benchmark: str | None = None) -> str:
-        return self.tasks.get(benchmark or self.benchmark, DEFAULT_TASKS)
+    def cell(self, benchmark: str | None = None, backbone: str | None = None) -> EnvConfig:
+        """The training env of one cell: `env` with the simulator profile
+        ``BACKBONE/BENCHMARK`` and the questions of that benchmark (defaults: `backbone`,
+        `benchmark`)."""
+        profile = f"{backbone or self.backbone}/{benchmark or self.benchmark}"
+        return dataclasses.replace(self.env, profile=profile, tasks=self.task_spec(benchmark))
 
-    def eval_config(self, profile: str, num_agents: int = 3, max_rounds: int = 3) -> dict:
-        """The env config of evaluation at `profile` (on the evaluating backend)."""
-        cfg = {
-            "num_agents": num_agents,
-            "max_rounds": max_rounds,
-            "profile": profile,
-            **self.env_kwargs,
-        }
-        if not self.simulated:
-            cfg.update(backend=self.backend, backend_kwargs=dict(self.backend_kwargs))
-        return cfg
+    def eval_config(self, env: EnvConfig) -> EnvConfig:
+        """The training env `env` of a cell on the backend that evaluates."""
+        if self.simulated:
+            return env
+        return dataclasses.replace(
+            env, backend=self.backend, backend_kwargs=dict(self.backend_kwargs)
+        )
 
     def notes(self) -> list[str]:
         if self.simulated:
@@ -159,7 +174,7 @@ class Setup:
             "tasks": dict(self.tasks),
             "backend": self.backend if isinstance(self.backend, str) else repr(self.backend),
             "backend_kwargs": dict(self.backend_kwargs),
-            "env_kwargs": dict(self.env_kwargs),
+            "env": {f.name: getattr(self.env, f.name) for f in dataclasses.fields(self.env)},
             "eval_episodes": self.eval_episodes,
             "training_backend": "simulated",
         }

@@ -25,19 +25,19 @@ def run(
     setup: Setup, taus: Sequence[float] = PAPER_TAUS, variants: Sequence[str] = VARIANTS
 ) -> dict[str, Any]:
     t0, results = start(NAME, setup)
-    profile, tasks = setup.profile(), setup.task_spec()
+    env = setup.cell()
     per: dict[str, dict[str, Any]] = {}
     for variant in variants:
         per[variant] = {}
         for tau in taus:
-            policies = learned(setup, variant, profile, tasks, tau=float(tau))
-            runs = evaluate_policies(setup, policies, profile, tasks)
+            policies = learned(setup, variant, env, tau=float(tau))
+            runs = evaluate_policies(setup, policies, env)
             per[variant][str(tau)] = {
                 "tau": float(tau),
                 **accuracy_and_tokens(runs),
                 "persist_share": float(np.mean([r["persist_share"] for r in runs])),
             }
-    sft_runs = evaluate_policies(setup, learned(setup, "sft", profile, tasks), profile, tasks)
+    sft_runs = evaluate_policies(setup, learned(setup, "sft", env), env)
     best = {
         v: max(by.values(), key=lambda p: p["team_accuracy"]["mean"])["tau"]
         for v, by in per.items()

@@ -31,7 +31,7 @@ def _tokens(methods: Mapping[str, Any], name: str) -> float:
 
 def run(setup: Setup, rows: Sequence[str] = ROWS) -> dict[str, Any]:
     t0, results = start(NAME, setup)
-    runs = evaluate_rows(setup, rows, setup.profile(), setup.task_spec())
+    runs = evaluate_rows(setup, rows, setup.cell())
     methods = {row: accuracy_and_tokens(r) for row, r in runs.items()}
     names = [n for n in methods if n != "oracle"]
     front = [
