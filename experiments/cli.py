@@ -7,6 +7,7 @@
     deliberate compare --budget quick --out runs/compare  (the main job; `make run`)
     deliberate reproduce main-table --out runs/reproduce/main-table [--budget paper]
     deliberate reproduce main-table --out runs/reproduce/main-table --render-only
+    deliberate fidelity --transcripts debate.json --tasks gsm8k:test.jsonl --out runs/fid
 
 `--budget` names one of `experiments.budgets.BUDGETS` (tiny, quick, paper) for both
 `compare` and `reproduce`; `--preset` is the same option under its older name, and
@@ -33,6 +34,7 @@ import numpy as np
 import deliberation_env
 from algorithms.common import train_env
 from deliberation_env import Action, EnvConfig, VectorDeliberationEnv
+from experiments import fidelity
 from experiments.budgets import DEFAULT_BUDGET
 from experiments.options import train_config
 from experiments.paper.setup import Setup
@@ -315,7 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
             "reproduce", help="the paper's experiments on the simulator (docs/reproduction.md)"
         )
     )
+
+    fid = sub.add_parser(
+        "fidelity", help="a real debate transcript beside the simulator, cell by cell"
+    )
+    fidelity.add_arguments(fid)
+    fid.set_defaults(func=_fidelity)
     return parser
+
+
+def _fidelity(args: argparse.Namespace) -> int:
+    try:
+        return fidelity.run(args)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"deliberate fidelity: {err}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

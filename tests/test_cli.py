@@ -4,6 +4,7 @@ real (tiny, local) Hugging Face model."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from tiny_model import tiny_model_dir  # noqa: F401  (the session fixture)
@@ -59,3 +60,15 @@ def test_train_then_eval_a_policy(tmp_path, capsys):
         == 0
     )
     assert "| policy |" in capsys.readouterr().out
+
+
+def test_fidelity_writes_the_report_and_names_a_bad_log(tmp_path, capsys):
+    fixtures = Path(__file__).parent / "fixtures" / "transcripts"
+    out = tmp_path / "fid"
+    args = ["fidelity", "--transcripts", str(fixtures / "du_small.json"), "--out", str(out)]
+    assert main([*args, "--replicas", "4"]) == 0
+    report = json.loads((out / "fidelity.json").read_text())
+    assert report["total"] == len(report["cells"]) > 0
+    assert "cells inside the real 95% interval" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="deliberate fidelity: .*du_bad_roles.json"):
+        main(["fidelity", "--transcripts", str(fixtures / "du_bad_roles.json"), "--out", str(out)])
