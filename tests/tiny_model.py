@@ -34,6 +34,8 @@ FALLBACK_TEXT = (
     "It takes 2/2 = 1 bolt of white fiber. So the total is 2 + 1 = 3 bolts.\n#### 3\n"
     "The answer is \\boxed{42}. STEPS: 3 OPERATORS: 4 CONFIDENCE: 80 "
     "Answer: (B) ```python\ndef add(a, b):\n    return a + b\n```\n"
+    # Every digit, so no number decodes to the unknown token (offsets would not match).
+    "Digits: 0 1 2 3 4 5 6 7 8 9, e.g. 17 apples and 56 pears.\n"
 )
 
 
