@@ -9,11 +9,12 @@ What is estimated (each entry of the fitted profile's ``sources`` says from how 
 records): accuracy and per-question concentration (beta-binomial method of moments, when
 questions were answered more than once), the share of wrong answers that are unparseable,
 the popularity of wrong answers (from how often two wrong answers to one question agree),
-REFINE fix rates by the share of right peers and break rates by peer situation,
-conformity (`agents.fit_refine`), confidence AUROCs and means, token and reasoning-profile
-means. Each rate is shrunk toward the base profile with `prior_strength` pseudo-records,
-so a situation never seen keeps the base value. CONCEDE costs no LLM call and is not
-estimated.
+the REFINE model of the base profile (`agents.fit_refine`: for v1, conformity to a peer
+majority, fix and break rates by the share of right peers, the no-peer rates; for v0, fix
+rates by the share of right peers, break rates by peer situation and conformity),
+confidence AUROCs and means, token and reasoning-profile means. Each rate is shrunk
+toward the base profile with `prior_strength` pseudo-records, so a situation never seen
+keeps the base value. CONCEDE costs no LLM call and is not estimated.
 """
 
 from __future__ import annotations

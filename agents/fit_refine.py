@@ -1,5 +1,8 @@
-"""The REFINE part of `agents.fit.fit_profile`: fix and break rates by peer situation, then
-the redraw and conformity rates.
+"""The REFINE part of `agents.fit.fit_profile`, for the base profile's `refine_model`.
+
+v1 (`fit_refine_v1`): conformity to a strict peer majority, fix and break rates by share of
+right peers net of it, the no-peer rates, the redraw and broken-answer rates. v0: fix and
+break rates by peer situation, then the redraw and conformity rates.
 
 Each estimate inverts the simulator's story (`SimulatedBackend.refine_batch`), so fitting
 records of a simulated profile recovers that profile. A wrong answer drawn afresh can equal
@@ -56,6 +59,9 @@ def fit_refine(est: Estimates, records: list[dict], counts: dict[str, Counter]) 
     `counts` are the wrong initial answers per question (`agents.fit._wrong_counts`); the
     distractor weights fitted so far give the chance terms.
     """
+    if est.base.refine_model == "v1":
+        fit_refine_v1(est, records, counts)
+        return
     fitted = est.profile()
     refines = Refines.of(records)
     _fit_fix_rates(est, refines)
@@ -166,15 +172,23 @@ def _chance(weights: np.ndarray, counts: dict[str, Counter]) -> Chance:
     return pi
 
 
-def _fit_redraw(est: Estimates, refines: Refines, agreement: float) -> None:
-    """Stayed wrong, answer parsed, and no other wrong answer pulling (no modal wrong answer
-    among the peers, or it is mine): the answer is the old one unless redrawn, and a redraw
-    lands on it again with chance `agreement`. P(same) = 1 - redraw * (1 - agreement)."""
+def _fit_redraw(
+    est: Estimates, refines: Refines, agreement: float, keep: np.ndarray | None = None
+) -> None:
+    """Stayed wrong, answer parsed, and no other wrong answer pulling (v0: no modal wrong
+    answer among the peers, or it is mine; v1: the records in `keep`): the answer is the old
+    one unless redrawn, and a redraw lands on it again with chance `agreement`.
+    P(same) = 1 - redraw * (1 - agreement)."""
     same = draws = chance = 0.0
-    for r, p, c in refines.rows():
-        modal, _ = _modal(r)
+    for i, (r, p, c) in enumerate(refines.rows()):
         own = r.get("prev_answer")
-        if p or c or own is None or modal not in (None, own) or r["answer"] is None:
+        if keep is None:
+            modal, _ = _modal(r)
+            if modal not in (None, own):
+                continue
+        elif not keep[i]:
+            continue
+        if p or c or own is None or r["answer"] is None:
             continue
         same += r["answer"] == own
         chance += agreement
@@ -218,14 +232,17 @@ def _fit_conform_wrong(est: Estimates, refines: Refines, pi: Chance, parsed: flo
         )
 
 
-def _fit_conform_break(est: Estimates, refines: Refines, pi: Chance, parsed: float) -> None:
-    """A broken right answer facing a modal wrong answer: that one with probability
-    conform_break, else a fresh draw.  E[hit] = parsed * (cb + (1 - cb) q)."""
+def _fit_conform_break(
+    est: Estimates, refines: Refines, pi: Chance, parsed: float, keep: np.ndarray | None = None
+) -> None:
+    """A broken right answer facing a modal wrong answer (v1: in `keep`, no majority pulling):
+    that one with probability conform_break, else a fresh draw.
+    E[hit] = parsed * (cb + (1 - cb) q)."""
     follow = follow_chance = 0.0
     n_follow = 0
-    for r, p, c in refines.rows():
+    for i, (r, p, c) in enumerate(refines.rows()):
         modal, _ = _modal(r)
-        if modal is None or c or not p:
+        if modal is None or c or not p or (keep is not None and not keep[i]):
             continue
         follow += float(r["answer"] == modal)
         follow_chance += pi(r["task_id"], modal)
@@ -238,3 +255,135 @@ def _fit_conform_break(est: Estimates, refines: Refines, pi: Chance, parsed: flo
             float(np.clip(est.shrunk(raw * n_follow, n_follow, est.base.conform_break), 0, 1)),
             f"fit: {n_follow} broken answers facing wrong peers",
         )
+
+
+# ---------------------------------------------------------------------- v1: conformity
+@dataclass(frozen=True)
+class Pulls:
+    """Per refine record: the strict peer majority on another answer X, where there is one."""
+
+    has: np.ndarray
+    """A strict majority of the peers holds one parsed answer X, not the refiner's."""
+    right: np.ndarray
+    """... and X is right."""
+    known: np.ndarray
+    """`has` could be told (``prev_answer`` recorded, or implied by correctness)."""
+    solo: np.ndarray
+    """The refiner had no peers."""
+    hit: np.ndarray
+    """The answer after the call is X."""
+    chance: np.ndarray
+    """``parsed * pi(X)``: a fresh wrong answer is X and parseable (0 without X)."""
+
+    @classmethod
+    def of(cls, records: list[dict], pi: Chance, parsed: float) -> Pulls:
+        rows = [_majority(r) for r in records]
+        has, right, known, solo = (np.array([row[k] for row in rows], bool) for k in range(1, 5))
+        pairs = [(r, row[0]) for r, row in zip(records, rows)]
+        hit = np.array([x is not None and r["answer"] == x for r, x in pairs], bool)
+        chance = [0.0 if x is None else parsed * pi(r["task_id"], x) for r, x in pairs]
+        return cls(has, right, known, solo, hit, np.array(chance, float))
+
+
+def _majority(r: Mapping[str, Any]) -> tuple[Any, bool, bool, bool, bool]:
+    """``(X, has, right, known, solo)`` of one record (see `Pulls`)."""
+    correct = r.get("peers_correct") or []
+    answers = r.get("peer_answers")
+    if not correct:
+        return None, False, False, True, True
+    if answers is None:
+        return None, False, False, False, False
+    parsed = [(a, c) for a, c in zip(answers, correct) if a is not None]
+    top = Counter(a for a, _ in parsed).most_common(1)
+    if not top or 2 * top[0][1] <= len(correct):
+        return None, False, False, True, False
+    answer = top[0][0]
+    right = next(c for a, c in parsed if a == answer)
+    if "prev_answer" in r:
+        return answer, answer != r["prev_answer"], right, True, False
+    differs = bool(right) != bool(r["prev_correct"])  # else mine may be the same answer
+    return answer, differs, right, differs, False
+
+
+def fit_refine_v1(est: Estimates, records: list[dict], counts: dict[str, Counter]) -> None:
+    """Fit the v1 REFINE parameters: the no-peer rates, the redraw and broken-answer rates
+    (from records with no majority pulling), then conformity and the fix / break rates by
+    share of right peers, which depend on each other, to their joint fixed point."""
+    fitted = est.profile()
+    weights = fitted.distractor_decay ** np.arange(fitted.distractors)
+    weights = weights / weights.sum()
+    pi, parsed = _chance(weights, counts), 1.0 - fitted.unparsed_wrong
+    refines, pulls = Refines.of(records), Pulls.of(records, pi, parsed)
+    _fit_solo(est, refines, pulls.solo)
+    free = pulls.known & ~pulls.has
+    if any("prev_answer" in r for r in records):
+        _fit_redraw(est, refines, float((weights**2).sum()), keep=free)
+        _fit_conform_break(est, refines, pi, parsed, keep=free & ~pulls.solo)
+    unparsed = np.array([r.get("prev_answer") is None for r in records])
+    c = est.value("conformity")
+    for _ in range(200):
+        _fit_fix_break_v1(est, refines, pulls, c)
+        new = _fit_conformity(est, refines, pulls, unparsed, parsed)
+        if new is None or abs(new - c) < 1e-10:
+            break
+        c = new
+
+
+def _fit_solo(est: Estimates, refines: Refines, solo: np.ndarray) -> None:
+    if not solo.any():
+        return
+    prev, now = refines.prev[solo], refines.now[solo]
+    base = est.base.solo_rate
+    fix = est.shrunk(now[~prev].sum(), (~prev).sum(), base[0])
+    brk = est.shrunk((~now[prev]).sum(), prev.sum(), base[1])
+    est.set("solo_rate", (fix, brk), f"fit: {int(solo.sum())} refines with no peers")
+
+
+def _fit_fix_break_v1(est: Estimates, refines: Refines, pulls: Pulls, c: float) -> None:
+    """Soft counts on the knots, net of conformity: E[right after | wrong before] =
+    c [majority right] + (1 - c [majority]) fix(share), and alike for breaking."""
+    use = pulls.known & ~pulls.solo
+    w = _hat(refines.share)
+    pull = c * pulls.has
+    for key, before, outcome, adopt in (
+        ("fix_rate", ~refines.prev, refines.now, pulls.has & pulls.right),
+        ("break_rate", refines.prev, ~refines.now, pulls.has & ~pulls.right),
+    ):
+        m = use & before
+        hits = (w[m] * (outcome[m] - pull[m] * adopt[m])[:, None]).sum(0)
+        n = (w[m] * (1 - pull[m])[:, None]).sum(0)
+        prior = getattr(est.base, key)
+        est.set(
+            key,
+            tuple(float(np.clip(est.shrunk(hits[j], n[j], prior[j]), 0, 1)) for j in range(3)),
+            f"fit: {int(m.sum())} refines ({key[:-5]}), by share of right peers, net of "
+            f"conformity (soft counts {np.round(n, 1).tolist()})",
+        )
+
+
+def _fit_conformity(
+    est: Estimates, refines: Refines, pulls: Pulls, unparsed: np.ndarray, parsed: float
+) -> float | None:
+    """Refiners facing a majority on X: E[answer = X] = c + (1 - c) q, q the chance that the
+    path without conformity gives X: fixed (X right), broken to X (I was right), redrawn
+    onto X (I was wrong). Right refiners facing another right answer are left out."""
+    m = pulls.known & pulls.has & ~(refines.prev & pulls.right)
+    if not m.any():
+        return None
+    share, prev, right, chance = refines.share[m], refines.prev[m], pulls.right[m], pulls.chance[m]
+    fix = np.interp(share, (0.0, 0.5, 1.0), est.value("fix_rate"))
+    brk = np.interp(share, (0.0, 0.5, 1.0), est.value("break_rate"))
+    cb, redraw = est.value("conform_break"), est.value("redraw_wrong")
+    rewrite = np.where(unparsed[m], 1.0, redraw)
+    q = np.where(
+        right,
+        fix,
+        np.where(prev, brk * (parsed * cb + (1 - cb) * chance), (1 - fix) * rewrite * chance),
+    )
+    hit = np.where(right, refines.now[m], pulls.hit[m])
+    num, den = float((hit - q).sum()), float((1 - q).sum())
+    if den <= 0:
+        return None
+    value = float(np.clip(est.shrunk(num, den, est.base.conformity), 0, 1))
+    est.set("conformity", value, f"fit: {int(m.sum())} refiners facing a peer majority")
+    return value

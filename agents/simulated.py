@@ -4,10 +4,13 @@ It is a model, not an LLM. Per question: a latent correctness probability (the q
 difficulty) and a pool of wrong answers led by one popular misconception, so wrong agents
 agree as real LLMs do. Per call: correctness, an answer id (0 = gold, k > 0 = the k-th
 wrong answer, -1 = unparseable), confidence signals with a set AUROC, a reasoning
-profile and token counts. REFINE follows the transition rates of `agents.profiles`, which
-are calibrated so that all-REFINE debate roughly ties the plurality vote of the initial
-answers, as the literature finds. Parameters and their sources: `agents.profiles`.
-"""
+profile and token counts. REFINE follows the profile's `SimProfile.refine_model`: in
+``"v1"`` (the default) a refiner facing a strict majority of its peers on another answer
+conforms with a calibrated probability, right or wrong, and otherwise is fixed or broken
+by its share of right peers, rates measured on real debate transcripts (calibration.md
+section H); ``"v0"`` is ``Deliberation-v0``'s literature-derived model. Both keep
+all-REFINE debate roughly level with the plurality vote of the initial answers, as the
+literature finds. Parameters and their sources: `agents.profiles`, ``docs/simulator.md``."""
 
 from __future__ import annotations
 
@@ -33,11 +36,26 @@ def _separation(auroc: float) -> float:
     return float(np.sqrt(2.0) * ndtri(auroc))
 
 
+def peer_majority(
+    answers: np.ndarray, peer: np.ndarray, own: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(answer, has)`` per row: the parsed answer held by a strict majority of the peers
+    (``peer`` marks them), and whether there is one and it differs from `own`."""
+    parsed = peer & (answers >= 0)
+    same = (answers[:, :, None] == answers[:, None, :]) & parsed[:, None, :]
+    holders = np.where(parsed, sum_small(same), 0)
+    top = np.argmax(holders, 1)
+    answer = answers[np.arange(len(answers)), top]
+    has = (2 * holders.max(1, initial=0) > sum_small(peer, 1)) & (answer != own)
+    return answer, has
+
+
 class SimulatedBackend:
     """The embedded default backend (implements `deliberation_env.protocol.BatchBackend`).
 
     Args:
-        profile: a profile name (``"llama3.1-8b/gsm8k"``, ``"toy"``...) or a `SimProfile`.
+        profile: a profile name (``"llama3.1-8b/gsm8k"``, its Deliberation-v0 twin
+            ``"llama3.1-8b/gsm8k@v0"``, ``"toy"``...) or a `SimProfile`.
         seed: seeds the per-question latents (difficulty), fixed for a task list so the same
             question is equally hard in every episode.
     """
@@ -117,7 +135,35 @@ class SimulatedBackend:
         holders = np.where(wrong, sum_small(same), 0)
         modal = A[rows, np.argmax(holders, 1)]
         modal_share = holders.max(1) / n_peers
+        if p.refine_model == "v1":
+            answer, correct, u_parse, kept = self._refine_v1(
+                view, A, peer, own_answer, own_correct, frac_right, modal, modal_share
+            )
+        else:
+            answer, correct, u_parse = self._refine_v0(
+                view, own_answer, own_correct, frac_right, modal, modal_share, N
+            )
+            kept = None
 
+        context = sum_small(
+            st.length[view.env], 1, np.int64
+        )  # own + peers' solutions in the prompt
+        prompt = self.question_tokens[t] + p.refine_instruction_tokens + context
+        return self._finish(view, answer, correct, u_parse, prompt, kept)
+
+    def _refine_v0(
+        self,
+        view: BatchView,
+        own_answer: np.ndarray,
+        own_correct: np.ndarray,
+        frac_right: np.ndarray,
+        modal: np.ndarray,
+        modal_share: np.ndarray,
+        N: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``Deliberation-v0``'s REFINE: (answer, correct, parse draw), as it always was."""
+        p, t, M = self.profile, view.task_index, len(view.env)
+        n_peers = max(N - 1, 1)
         fix = np.interp(frac_right, (0.0, 0.5, 1.0), p.fix_rate)
         agree_level = (
             modal_share
@@ -140,12 +186,47 @@ class SimulatedBackend:
         redraw = (own_answer < 0) | (u[:, 1] > 1.0 - p.redraw_wrong)
         stays_wrong = np.where(conform, modal, np.where(redraw, fresh, own_answer))
         answer = np.where(correct, 0, np.where(own_correct, broken, stays_wrong))
+        return answer, correct, u[:, 3]
 
-        context = sum_small(
-            st.length[view.env], 1, np.int64
-        )  # own + peers' solutions in the prompt
-        prompt = self.question_tokens[t] + p.refine_instruction_tokens + context
-        return self._finish(view, answer, correct, u[:, 3], prompt)
+    def _refine_v1(
+        self,
+        view: BatchView,
+        A: np.ndarray,
+        peer: np.ndarray,
+        own_answer: np.ndarray,
+        own_correct: np.ndarray,
+        frac_right: np.ndarray,
+        modal: np.ndarray,
+        modal_share: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``Deliberation-v1``'s REFINE: (answer, correct, parse draw, conformed).
+
+        A strict majority of the peers holding one parsed answer other than mine pulls: I
+        adopt it with probability `conformity`, right or wrong (a copied answer stays
+        parseable). Otherwise I am fixed / broken by my share of right peers; a broken
+        answer is the peers' modal wrong one with probability `conform_break`, and a wrong
+        answer that stays wrong is rewritten with probability `redraw_wrong`.
+        """
+        p, t, M = self.profile, view.task_index, len(view.env)
+        n_peers = int(peer[0].sum()) if M else 0
+        majority, has_majority = peer_majority(A, peer, own_answer)
+        if n_peers == 0:
+            fix, brk = np.full(M, p.solo_rate[0]), np.full(M, p.solo_rate[1])
+        else:
+            fix = np.interp(frac_right, (0.0, 0.5, 1.0), p.fix_rate)
+            brk = np.interp(frac_right, (0.0, 0.5, 1.0), p.break_rate)
+
+        u = rng.uniform(view.keys, 5)
+        conform = has_majority & (u[:, 0] < p.conformity)
+        alone = np.where(own_correct, u[:, 1] >= brk, u[:, 1] < fix)
+        fresh = self._distractor(u[:, 3], t)
+        broken = np.where((modal_share > 0) & (u[:, 2] < p.conform_break), modal, fresh)
+        redraw = (own_answer < 0) | (u[:, 2] > 1.0 - p.redraw_wrong)
+        stays_wrong = np.where(redraw, fresh, own_answer)
+        answer = np.where(alone, 0, np.where(own_correct, broken, stays_wrong))
+        answer = np.where(conform, majority, answer)
+        correct = np.where(conform, majority == 0, alone)
+        return answer, correct, u[:, 4], conform
 
     def answer_text(self, task_index: int, answer_id: int) -> str | None:
         if answer_id == UNPARSED:
@@ -171,10 +252,14 @@ class SimulatedBackend:
         correct: np.ndarray,
         u_parse: np.ndarray,
         prompt: np.ndarray,
+        kept: np.ndarray | None = None,
     ) -> SolutionBatch:
-        """Make some wrong answers unparseable; draw confidences, reasoning profile, length."""
+        """Make some wrong answers unparseable (not those in `kept`: copied answers); draw
+        confidences, reasoning profile, length."""
         p = self.profile
         unparsed = ~correct & (u_parse < p.unparsed_wrong)
+        if kept is not None:
+            unparsed &= ~kept
         answer = np.where(unparsed, UNPARSED, answer).astype(np.int32)
         z = rng.normal(rng.derive(view.keys, 7), 6)
         c = correct.astype(np.float64)

@@ -6,10 +6,14 @@ section_h_counts.json``: we have the figures, not the logs) and the simulated si
 all-REFINE replay on a profile (default ``llama3.1-8b/gsm8k``) whose initial accuracy is
 the source's round-0 accuracy, on 100 GSM8K test questions (``arithmetic:100`` when
 ``../shared/data`` is absent), each played by ``--replicas`` simulated teams. Prints the 8
-cells per source (real with its Wilson 95% interval, simulated, inside or not) and writes
-them as JSON.
+cells per source (real with its Wilson 95% interval, simulated, inside or not) beside the
+same cells of ``--before`` (default: the profile's ``@v0`` twin, the Deliberation-v0
+simulator), and writes them as JSON. ``--votes`` adds the plurality vote before and after
+one round of all-REFINE on every calibrated profile, v0 beside v1 (debate should roughly
+tie the vote: calibration.md B, H1).
 
-    python benchmarks/fidelity_sources.py [--profile P] [--replicas 200] [--seed 0]
+    python benchmarks/fidelity_sources.py [--profile P] [--before P0] [--replicas 200]
+        [--seed 0] [--votes]
 
 The vote change has no paired table in section H (only its margins, H1), so its interval
 is Newcombe's with phi = 0: wider than a paired one would be.
@@ -24,11 +28,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from _report import write_report  # benchmarks/ is on sys.path (a script)
 
-from agents.profiles import get_profile
+from agents.profiles import BACKBONES, BENCHMARKS, get_profile
 from deliberation_env.config import DEFAULT_PROFILE
+from deliberation_env.registration import pin_profile
 from deliberation_env.tasks import Task, load_tasks
+from deliberation_env.voting import agreement, plurality, winner_correct
 from experiments.fidelity import simulate
 from experiments.fidelity_stats import (
     cell_counts,
@@ -102,48 +109,97 @@ def compare(
     }
 
 
+def vote_change(
+    profile: str, tasks: list[Task], replicas: int, seed: int, rounds: int = 1
+) -> dict[str, float]:
+    """Agent and plurality-vote accuracy before and after `rounds` of all-REFINE (N = 3;
+    ties to the first holder, as in `deliberation_stats`, without its per-split tables)."""
+    answers, correct = simulate(tasks, get_profile(profile), 3, rounds, replicas, seed)
+    out = {}
+    for when, r in (("before", 0), ("after", rounds)):
+        winner = plurality(agreement(answers[:, r]), np.zeros(answers[:, r].shape), "first")
+        out[f"agent_{when}"] = float(correct[:, r].mean())
+        out[f"vote_{when}"] = float(winner_correct(correct[:, r], winner).mean())
+    return out
+
+
+def calibrated_profiles() -> list[str]:
+    """Every backbone x benchmark profile (the latest version)."""
+    return [f"{bb}/{bm}" for bm in BENCHMARKS for bb in BACKBONES]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     lines = [
-        f"# Simulator vs calibration.md section H ({report['profile']}, "
-        f"{report['replicas']} simulated teams per question, {report['questions']})",
+        f"# Simulator vs calibration.md section H: {report['before']} (before) and "
+        f"{report['profile']} (after), {report['replicas']} simulated teams per question, "
+        f"{report['questions']}",
         "",
-        "| source | cell | real | real 95% CI | n | simulated | inside |",
-        "|---|---|---:|---|---:|---:|---|",
+        "| source | cell | real | real 95% CI | n | before | inside | after | inside |",
+        "|---|---|---:|---|---:|---:|---|---:|---|",
     ]
     for name, r in report["sources"].items():
-        for c in r["cells"]:
+        for c, b in zip(r["cells"], report["before_sources"][name]["cells"]):
             lo, hi = c["real_ci"]
             lines.append(
-                f"| {name} | {c['name']} | {100 * c['real']:.1f}% | [{100 * lo:.1f}%, "
-                f"{100 * hi:.1f}%] | {c['real_n']} | {100 * c['simulated']:.1f}% | "
-                f"{'yes' if c['inside_ci'] else '**no**'} |"
+                f"| {name} | {c['name']} | {_pct(c['real'])} | [{_pct(lo)}, {_pct(hi)}] | "
+                f"{c['real_n']} | {_pct(b['simulated'])} | {'yes' if b['inside_ci'] else 'no'} | "
+                f"{_pct(c['simulated'])} | {'yes' if c['inside_ci'] else '**no**'} |"
             )
-    lines += ["", "| source | p0 | inside |", "|---|---:|---:|"]
+    lines += ["", "| source | p0 | inside before | inside after |", "|---|---:|---:|---:|"]
     lines += [
-        f"| {n} | {r['initial_accuracy']:.3f} | {r['inside']} / {r['total']} |"
+        f"| {n} | {r['initial_accuracy']:.3f} | {report['before_sources'][n]['inside']} / "
+        f"{r['total']} | {r['inside']} / {r['total']} |"
         for n, r in report["sources"].items()
     ]
+    if "votes" in report:
+        lines += ["", "One round of all-REFINE, N = 3: agent accuracy and plurality vote "
+                  "(ties to the first holder), v0 beside v1", "",
+                  "| profile | v0 agent | v0 vote | v0 change | v1 agent | v1 vote | v1 change |",
+                  "|---|---|---|---:|---|---|---:|"]  # fmt: skip
+        for name, v in report["votes"].items():
+            cols = []
+            for ver in ("v0", "v1"):
+                x = v[ver]
+                cols += [f"{x['agent_before']:.3f} -> {x['agent_after']:.3f}",
+                         f"{x['vote_before']:.3f} -> {x['vote_after']:.3f}",
+                         f"{100 * (x['vote_after'] - x['vote_before']):+.1f}"]  # fmt: skip
+            lines.append(f"| {name} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default=DEFAULT_PROFILE)
+    parser.add_argument("--before", default=None, help="default: the profile's @v0 twin")
     parser.add_argument("--replicas", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--votes", action="store_true", help="the vote check on every profile")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/fidelity_sources.json"))
     args = parser.parse_args()
+    before = args.before or pin_profile(args.profile, "v0")
     sources = json.loads(COUNTS.read_text())["sources"]
     tasks, where = questions()
-    report = {
+    report: dict[str, Any] = {
         "profile": args.profile,
+        "before": before,
         "replicas": args.replicas,
         "questions": where,
-        "sources": {
-            name: compare(s, tasks, args.profile, args.replicas, args.seed)
-            for name, s in sources.items()
-        },
     }
+    for key, profile in (("sources", args.profile), ("before_sources", before)):
+        report[key] = {
+            name: compare(s, tasks, profile, args.replicas, args.seed)
+            for name, s in sources.items()
+        }
+    if args.votes:
+        report["votes"] = {
+            name: {ver: vote_change(pin_profile(name, ver), tasks, args.replicas, args.seed)
+                   for ver in ("v0", "v1")}
+            for name in calibrated_profiles()
+        }  # fmt: skip
     write_report(report, args.out, markdown(report))
 
 

@@ -58,8 +58,9 @@ class EnvConfig:
     instance or a `BatchBackend` instance."""
     profile: str = DEFAULT_PROFILE
     """Simulated backend profile, ``"backbone/benchmark"`` (e.g. ``"qwen2.5-7b/math"``) or
-    ``"toy"``. Passed to backend factories with a ``profile`` parameter only; ignored by the
-    others (``"hf"``, ``"openai"``) and by backend instances."""
+    ``"toy"``; a ``"@v0"`` suffix selects the earlier (Deliberation-v0) calibration. Passed to
+    backend factories with a ``profile`` parameter only; ignored by the others (``"hf"``,
+    ``"openai"``) and by backend instances."""
     tasks: TaskSource = "arithmetic"
     """A `load_tasks` spec (``"arithmetic"``, ``"gsm8k:PATH"``, ...) or a sequence of
     `Task` (stored as a tuple)."""

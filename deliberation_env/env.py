@@ -6,7 +6,7 @@ r"""
 |  |  |
 | --- | --- |
 | Import | `from deliberation_env import parallel_env` (AEC: `deliberation_env.env`) |
-| Registry id | `deliberation/Deliberation-v0` (`pettingzoo.make("parallel", ...)`, `"aec"`) |
+| Registry id | `deliberation/Deliberation-v1` (`pettingzoo.make("parallel", ...)`, `"aec"`) |
 | Actions | Discrete(3) |
 | Parallel API | Yes |
 | Agents | `agents = ['agent_0', 'agent_1', 'agent_2']` (N = `num_agents`) |
@@ -156,7 +156,7 @@ view options `render_mode` and `obs_mode`, and any other keyword is a backend ar
 | `num_agents` | `int` | `3` | N, agents answering each question (paper: 3). At most `max_peers + 1`. |
 | `max_rounds` | `int` | `3` | T, deliberation rounds after the initial answers (paper: 3). |
 | `backend` | `str` or `BatchBackend` or `Backend` | `"simulated"` | A registered backend name (`"simulated"`, `"hf"`, `"openai"`), a text `Backend` instance or a `BatchBackend` instance. |
-| `profile` | `str` | `"llama3.1-8b/gsm8k"` | Simulated backend profile, `"backbone/benchmark"` (e.g. `"qwen2.5-7b/math"`) or `"toy"`. Passed to backend factories with a `profile` parameter only; ignored by the others (`"hf"`, `"openai"`) and by backend instances. |
+| `profile` | `str` | `"llama3.1-8b/gsm8k"` | Simulated backend profile, `"backbone/benchmark"` (e.g. `"qwen2.5-7b/math"`) or `"toy"`; a `"@v0"` suffix selects the earlier (Deliberation-v0) calibration. Passed to backend factories with a `profile` parameter only; ignored by the others (`"hf"`, `"openai"`) and by backend instances. |
 | `tasks` | `str` or `Sequence[Task]` | `"arithmetic"` | A `load_tasks` spec (`"arithmetic"`, `"gsm8k:PATH"`, ...) or a sequence of `Task` (stored as a tuple). |
 | `concede_rule` | `"plurality"` or `"most_confident"` | `"plurality"` | Whom CONCEDE copies: `"plurality"` (the answer most peers hold, its most confident holder; our reading of the paper) or `"most_confident"` (the most confident peer). |
 | `tie_break` | `"confidence"` or `"first"` or `"random"` | `"confidence"` | Plurality ties: `"confidence"` (highest summed verbalised confidence of the holders), `"first"` (the lowest-indexed holder's answer) or `"random"`. |
@@ -178,7 +178,17 @@ backend sampling seeds, tie-breaks). `options={"task_index": i}` fixes the quest
 
 ## Version history
 
-* v0: initial release.
+* v1: the simulator's REFINE is recalibrated on measured debate transcripts
+  (calibration.md section H; `docs/simulator.md`): a refiner facing a strict majority of
+  its peers on another answer adopts it with probability `conformity` (0.72), right or
+  wrong, and otherwise is fixed / broken by its share of right peers (GSM8K: fixed
+  3% / 38% / 66% and broken 51% / 18% / 0.07% with 0 / half / all peers right). One
+  round of all-REFINE now lands 7-8 of the 8 section-H cells inside the real 95% intervals
+  on each of the four sources (v0: 3-6). Spaces, observations, rewards and `toy` are
+  unchanged. Default profile names (`"llama3.1-8b/gsm8k"`, also `"...@v1"`) are v1.
+* v0: initial release. Still registered as `deliberation/Deliberation-v0`
+  (`deliberation_env.registration.parallel_env_v0`), which pins every simulator profile to
+  its `"...@v0"` twin, so v0 results reproduce number for number.
 
 ## Example
 
@@ -235,7 +245,7 @@ class DeliberationEnv(ParallelEnv):
     """
 
     metadata = {
-        "name": "deliberation_v0",
+        "name": "deliberation_v1",
         "render_modes": list(RENDER_MODES),
         "is_parallelizable": True,
     }

@@ -16,6 +16,7 @@ from scripted_backend import TASKS, R, Say, ScriptedBackend, X
 
 import deliberation_env
 from deliberation_env.observation import ObservationLayout
+from deliberation_env.registration import ENV_ID_V0, env_v0, parallel_env_v0
 from deliberation_env.testing import VARIANTS, check_env
 
 
@@ -28,8 +29,13 @@ def test_check_env(kwargs):
     check_env(functools.partial(deliberation_env.parallel_env, **kwargs))
 
 
-def test_registry_parallel_env_plays_an_episode():
-    env = pettingzoo.make("parallel", deliberation_env.ENV_ID, num_agents=2, max_rounds=2)
+def test_check_env_v0():
+    check_env(parallel_env_v0)
+
+
+@pytest.mark.parametrize("env_id", [deliberation_env.ENV_ID, ENV_ID_V0])
+def test_registry_parallel_env_plays_an_episode(env_id):
+    env = pettingzoo.make("parallel", env_id, num_agents=2, max_rounds=2)
     assert isinstance(env, deliberation_env.DeliberationEnv)
     assert env.possible_agents == ["agent_0", "agent_1"]
     _, infos = env.reset(seed=0)
@@ -45,10 +51,12 @@ def test_registry_parallel_env_plays_an_episode():
     "make",
     [
         lambda **kw: pettingzoo.make("aec", deliberation_env.ENV_ID, **kw),
+        lambda **kw: pettingzoo.make("aec", ENV_ID_V0, **kw),
         deliberation_env.env,
         deliberation_env.raw_env,
+        env_v0,
     ],
-    ids=["registry", "env", "raw_env"],
+    ids=["registry", "registry-v0", "env", "raw_env", "env_v0"],
 )
 def test_aec_env_plays_a_full_episode(make):
     env = make(num_agents=3, max_rounds=3)
@@ -69,6 +77,38 @@ def test_aec_env_plays_a_full_episode(make):
     assert acted == 3 * 3  # every agent acts once in each of the 3 rounds
     assert env.agents == []
     assert all(np.isfinite(list(returns.values())))
+
+
+def _episode(env, seed: int = 4) -> list:
+    _, infos = env.reset(seed=seed)
+    rng, out = np.random.default_rng(seed), []
+    while env.agents:
+        obs, rewards, *_, infos = env.step(random_actions(env, infos, rng))
+        out.append((obs, rewards))
+    return out
+
+
+def test_the_ids_are_the_versions():
+    """v1 is the default; v0 pins every simulator profile to its @v0 twin, so its episodes
+    are those of the @v0 profile; `toy` is the same in both."""
+    v1 = pettingzoo.make("parallel", deliberation_env.ENV_ID)
+    v0 = pettingzoo.make("parallel", ENV_ID_V0, render_mode="ansi")
+    assert deliberation_env.ENV_ID == "deliberation/Deliberation-v1"
+    assert v1.backend.profile.refine_model == "v1" and v1.config.profile == "llama3.1-8b/gsm8k"
+    assert v0.config.profile == v0.backend.profile.name == "llama3.1-8b/gsm8k@v0"
+    assert v0.render_mode == "ansi" and v0.backend.profile.refine_model == "v0"
+    pinned = deliberation_env.parallel_env(profile="llama3.1-8b/gsm8k@v0")
+    data_equivalence(_episode(v0), _episode(pinned))
+    assert pettingzoo.make("parallel", ENV_ID_V0, profile="qwen2.5-7b/math").config.profile == (
+        "qwen2.5-7b/math@v0"
+    )
+    toy = [
+        pettingzoo.make("parallel", i, profile="toy") for i in (ENV_ID_V0, deliberation_env.ENV_ID)
+    ]
+    assert toy[0].backend.profile is toy[1].backend.profile
+    data_equivalence(_episode(toy[0]), _episode(toy[1]))
+    twin = pickle.loads(pickle.dumps(v0))
+    assert twin.config == v0.config
 
 
 def test_pickle_mid_episode_continues_identically():

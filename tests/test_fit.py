@@ -1,7 +1,8 @@
 """`SimulatedBackend.fit` / `agents.fit`: records from real runs -> a simulator profile.
 
-Two sources of records: a known simulated profile (the fit must recover its parameters),
-and the tiny Hugging Face model played through the env (the schema end to end).
+Two sources of records: a known simulated profile (the fit must recover its parameters,
+for each REFINE model: v0 from ``TRUTH``, v1 from ``TRUTH_V1``), and the tiny Hugging Face
+model played through the env (the schema end to end).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from deliberation_env import RefineRequest, Solution, SolveRequest, Task, Vector
 from deliberation_env.tasks import load_tasks
 
 TASKS = load_tasks("arithmetic:300")
-TRUTH = get_profile("qwen2.5-3b/gsm8k").with_(
+TRUTH = get_profile("qwen2.5-3b/gsm8k@v0").with_(  # the v0 REFINE model
     name="truth",
     accuracy=0.55,
     concentration=3.0,
@@ -43,14 +44,32 @@ TRUTH = get_profile("qwen2.5-3b/gsm8k").with_(
     token_sigma=0.3,
 )
 BASE = "toy"  # different values everywhere: what is recovered comes from the records
+TRUTH_V1 = get_profile("qwen2.5-3b/gsm8k").with_(
+    name="truth-v1",
+    accuracy=0.55,
+    concentration=3.0,
+    conformity=0.55,
+    fix_rate=(0.1, 0.3, 0.5),
+    break_rate=(0.35, 0.2, 0.05),
+    solo_rate=(0.2, 0.1),
+    conform_break=0.5,
+    redraw_wrong=0.3,
+    unparsed_wrong=0.15,
+    distractor_decay=0.4,
+)
+BASE_V1 = "llama3.1-8b/math"  # a v1 profile, different REFINE values everywhere
 
 
-def play(backend, B: int, steps: int, seed: int = 0, p=(0.2, 0.6, 0.2)) -> None:
-    vec = VectorDeliberationEnv(num_envs=B, backend=backend, tasks=TASKS, max_rounds=3)
+def play(
+    backend, B: int, steps: int, seed: int = 0, p=(0.2, 0.6, 0.2), num_agents: int = 3
+) -> None:
+    vec = VectorDeliberationEnv(
+        num_envs=B, backend=backend, tasks=TASKS, max_rounds=3, num_agents=num_agents
+    )
     vec.reset(seed=seed)
     rng = np.random.default_rng(seed)
     for _ in range(steps):
-        vec.step(rng.choice(3, size=(B, 3), p=p))
+        vec.step(rng.choice(3, size=(B, num_agents), p=p))
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +136,51 @@ def test_a_fitted_simulator_reproduces_debate(fitted):
         return out
 
     np.testing.assert_allclose(trajectory(fitted), trajectory(TRUTH), atol=0.03)
+
+
+@pytest.fixture(scope="module")
+def fitted_v1():
+    """Fitted to records of `TRUTH_V1`: teams of 3 (REFINE-heavy random actions, as above)
+    and lone agents refining (N = 1, for `solo_rate`), from the v1 base `BASE_V1`."""
+    rec = RecordingBackend(SimulatedBackend(TRUTH_V1))
+    play(rec, B=2000, steps=12)
+    solo = RecordingBackend(SimulatedBackend(TRUTH_V1))
+    play(solo, B=1000, steps=3, p=(0.0, 1.0, 0.0), num_agents=1)
+    return fit_profile(rec.records + solo.records, base=BASE_V1, tasks=TASKS)
+
+
+@pytest.mark.parametrize(
+    "field, tol",
+    [
+        # ~6,000 refiners facing a peer majority: the standard error is ~0.01
+        ("conformity", 0.04),
+        # soft counts >= 1,400 per knot, net of conformity: standard errors <= 0.015
+        ("fix_rate", 0.04),
+        ("break_rate", 0.04),
+        ("solo_rate", 0.03),  # 3,000 lone refines
+        ("conform_break", 0.06),
+        ("redraw_wrong", 0.06),
+    ],
+)
+def test_fit_recovers_the_v1_refine_model(fitted_v1, field, tol):
+    profiles = (fitted_v1, TRUTH_V1, get_profile(BASE_V1))
+    got, truth, base = (np.atleast_1d(getattr(p, field)) for p in profiles)
+    np.testing.assert_allclose(got, truth, atol=tol, err_msg=field)
+    assert (np.abs(got - truth) < np.abs(base - truth)).all(), (field, got, base)
+    assert fitted_v1.refine_model == "v1" and fitted_v1.sources[field].startswith("fit:")
+
+
+def test_a_fitted_v1_simulator_reproduces_debate(fitted_v1):
+    def trajectory(profile: SimProfile) -> list[float]:
+        vec = VectorDeliberationEnv(num_envs=6000, profile=profile, tasks=TASKS, max_rounds=3)
+        vec.reset(seed=1)
+        out = []
+        for _ in range(3):
+            *_, infos = vec.step(np.ones((6000, 3), np.int64))
+            out.append(float(infos["team_correct"].mean()))
+        return out
+
+    np.testing.assert_allclose(trajectory(fitted_v1), trajectory(TRUTH_V1), atol=0.03)
 
 
 def test_simulated_backend_fit_classmethod(simulated_records):

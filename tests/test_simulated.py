@@ -5,6 +5,8 @@ drawn do not make them flaky."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
@@ -160,6 +162,97 @@ def test_refine_break_rate_with_right_peers_is_the_profiles(toy_transitions):
         f"1 - (1 - break) * (1 - parse_failure) = "
         f"{1 - (1 - p.break_all_right) * (1 - p.parse_failure):.4f}"
     )
+
+
+V1 = get_profile("llama3.1-8b/gsm8k").with_(accuracy=0.6)  # more of every situation
+
+
+@pytest.fixture(scope="module")
+def v1_transitions():
+    return refine_transitions(V1, B=60_000, seed=3)
+
+
+def v1_cases():
+    p, c = V1, V1.conformity
+    # Two agreeing peers are a majority: conform with c, else the rates by peers right.
+    return {
+        "wrong_k2": (False, 2, None, c + (1 - c) * p.fix_rate[2]),
+        "wrong_k1": (False, 1, None, p.fix_rate[1]),
+        "right_k2": (True, 2, None, 1 - p.break_rate[2]),
+        "right_k1": (True, 1, None, 1 - p.break_rate[1]),
+        "right_k0_agree": (True, 0, True, (1 - c) * (1 - p.break_rate[0])),
+        "right_k0_split": (True, 0, False, 1 - p.break_rate[0]),
+    }
+
+
+@pytest.mark.parametrize(("own", "k", "agree", "target"), v1_cases().values(), ids=list(v1_cases()))
+def test_v1_refine_conforms_to_a_peer_majority(v1_transitions, own, k, agree, target):
+    before, after, peers_right, peers_agree = v1_transitions
+    rows = (before == own) & (peers_right == k)
+    if agree is not None:
+        rows &= peers_agree == agree
+    assert rows.sum() > 500, f"only {rows.sum()} samples"
+    assert abs(after[rows].mean() - target) < binomial_tolerance(target, rows.sum()) + 0.005
+
+
+def test_v1_refine_alone_uses_the_solo_rates():
+    B = 40_000
+    vec = VectorDeliberationEnv(num_envs=B, profile=V1, max_rounds=2, tasks=TASKS, num_agents=1)
+    vec.reset(seed=5)
+    *_, before = vec.step(np.full((B, 1), PERSIST))  # reads the initial correctness
+    *_, after = vec.step(np.full((B, 1), REFINE))
+    was, now = before["correct"][:, 0], after["correct"][:, 0]
+    fix, brk = V1.solo_rate
+    assert abs(now[~was].mean() - fix) < binomial_tolerance(fix, (~was).sum())
+    assert abs(1 - now[was].mean() - brk) < binomial_tolerance(brk, was.sum())
+
+
+# sha256 (first 16 hex digits) of the answer ids and correctness of `v0_digest`'s episodes,
+# recorded with the Deliberation-v0 release (commit 2899be9) under the unsuffixed names.
+V0_RELEASE = {
+    ("llama3.1-8b/gsm8k@v0", 1): "17f2d71312638ddf",
+    ("llama3.1-8b/gsm8k@v0", 3): "b766638d4cc81953",
+    ("llama3.1-8b/gsm8k@v0", 5): "8a6d7e688816ed29",
+    ("qwen2.5-7b/math@v0", 3): "c44f934c8de6f01d",
+    ("llama3.2-3b/aime@v0", 3): "4d4beed0fbf960ba",
+    ("toy", 3): "3c4c0cb8741e0e82",  # toy is the same in v0 and v1
+}
+
+
+def v0_digest(profile: str, num_agents: int, B: int = 300, rounds: int = 3) -> str:
+    vec = VectorDeliberationEnv(num_envs=B, profile=profile, num_agents=num_agents,
+                                max_rounds=rounds, tasks="arithmetic:300", autoreset=False)  # fmt: skip
+    vec.reset(seed=0)
+    rng = np.random.default_rng(0)
+    h = hashlib.sha256()
+    for _ in range(rounds):
+        vec.step(rng.choice(3, size=(B, num_agents), p=(0.2, 0.6, 0.2)))
+        s = vec.solution_arrays()
+        h.update(np.ascontiguousarray(s["answer"], np.int64).tobytes())
+        h.update(np.ascontiguousarray(s["correct"], np.bool_).tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    ("profile", "n"), list(V0_RELEASE), ids=[f"{p}-N{n}" for p, n in V0_RELEASE]
+)
+def test_v0_profiles_replay_the_v0_release(profile, n):
+    assert v0_digest(profile, n) == V0_RELEASE[profile, n]
+    assert get_profile(profile).refine_model == "v0"
+    if profile != "toy":  # the same names without the suffix are v1: other numbers
+        assert v0_digest(profile.removesuffix("@v0"), n) != V0_RELEASE[profile, n]
+
+
+def test_profile_versions():
+    v1, v0 = get_profile("llama3.1-8b/gsm8k"), get_profile("llama3.1-8b/gsm8k@v0")
+    assert (v1.refine_model, v0.refine_model) == ("v1", "v0")
+    assert v0.fix_rate == (0.03, 0.22, 0.58) and v0.name == "llama3.1-8b/gsm8k@v0"
+    assert get_profile("llama3.1-8b/gsm8k@v1") == v1.with_(name="llama3.1-8b/gsm8k@v1")
+    assert get_profile("toy@v0") is get_profile("toy") and get_profile("toy").refine_model == "v0"
+    with pytest.raises(ValueError, match="version suffix"):
+        get_profile("llama3.1-8b/gsm8k@v7")
+    with pytest.raises(ValueError, match="refine_model='v2'"):
+        v1.with_(refine_model="v2")
 
 
 def test_token_costs():
