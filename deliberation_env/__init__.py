@@ -8,7 +8,14 @@ from deliberation_env.actions import Action
 from deliberation_env.config import EnvConfig
 from deliberation_env.env import DeliberationEnv
 from deliberation_env.protocol import Backend, RefineRequest, Solution, SolveRequest
-from deliberation_env.registration import ENV_ID, ENV_ID_V0, env, parallel_env, raw_env, register_envs
+from deliberation_env.registration import (
+    ENV_ID,
+    ENV_ID_V0,
+    env,
+    parallel_env,
+    raw_env,
+    register_envs,
+)
 from deliberation_env.tasks import Task, load_tasks, train_eval_split, verify
 from deliberation_env.vector import VectorDeliberationEnv
 
