@@ -19,10 +19,10 @@ import torch
 
 from algorithms.advantages import explained_variance, gae
 from algorithms.common import (
+    ActionLogProbs,
     FlatBatch,
     TrainConfig,
     clipped_surrogate,
-    kl_to_reference,
     log_stats,
     mean_stats,
     optimise,
@@ -119,7 +119,7 @@ def update(
     states = torch.as_tensor(roll.states.reshape(T * B, -1)) if cfg.centralised_critic else None
     with torch.no_grad():
         values = policy.value(obs, states).reshape(T, B, N).numpy()
-    ref_logits = batch.logits(ref) if cfg.beta else None
+    ref_logp = batch.logits(ref).log_softmax(-1) if cfg.beta else None
     adv, ret = gae(roll.rewards, values, roll.active, cfg.gamma, cfg.gae_lambda)
     advantages = torch.as_tensor(adv.reshape(T * B, N))
     returns = torch.as_tensor(ret.reshape(T * B, N))
@@ -130,19 +130,20 @@ def update(
     for _ in range(cfg.epochs):
         order = torch.as_tensor(rows)[torch.randperm(len(rows), generator=generator)]
         for idx in order.tensor_split(min(cfg.minibatches, len(rows))):
-            logits = policy(obs[idx], masks[idx])
-            dist = torch.distributions.Categorical(logits=logits)
+            logits, v = policy.logits_and_value(
+                obs[idx], masks[idx], None if states is None else states[idx]
+            )
+            lp = ActionLogProbs.of(logits, actions[idx])
             a = advantages[idx]
             if cfg.norm_adv and a.numel() > 1:
                 a = (a - a.mean()) / (a.std() + 1e-8)
-            pg, stats = clipped_surrogate(dist.log_prob(actions[idx]), logp_old[idx], a, cfg.clip)
+            pg, stats = clipped_surrogate(lp.logp, logp_old[idx], a, cfg.clip)
 
-            v = policy.value(obs[idx], None if states is None else states[idx])
             v_clip = cfg.clip if cfg.clip_vloss else None
             v_loss = value_loss(v, values_old[idx], returns[idx], v_clip)
 
-            entropy = dist.entropy().mean()
-            kl = torch.zeros(()) if ref_logits is None else kl_to_reference(logits, ref_logits[idx])
+            entropy = lp.entropy()
+            kl = torch.zeros(()) if ref_logp is None else lp.kl_to(ref_logp[idx])
             loss = pg - cfg.entropy_coef * entropy + cfg.vf_coef * v_loss + cfg.beta * kl
 
             grad_norm = optimise(policy, optimizer, loss, cfg.max_grad_norm)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from algorithms.policy import MetaPolicy, sample
+from algorithms.policy import MetaPolicy
 from deliberation_env import VectorDeliberationEnv
 
 
@@ -48,6 +48,19 @@ class Rollout:
         return int(self.active.sum()) * self.obs.shape[2]
 
 
+def sample_actions(
+    logits: torch.Tensor, generator: torch.Generator | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(actions, their log-probabilities) drawn from `generator`: the numbers of
+    ``Categorical(logits=logits)``'s ``sample`` and ``log_prob`` (the same operations in
+    the same order), without building the distribution object."""
+    logp = logits - logits.logsumexp(-1, keepdim=True)
+    probs = logp.softmax(-1)
+    flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, True, generator=generator)
+    actions = flat.reshape(probs.shape[:-1])
+    return actions.numpy(), logp.gather(-1, actions[..., None])[..., 0].numpy()
+
+
 def collect(
     env: VectorDeliberationEnv,
     policy: MetaPolicy,
@@ -67,12 +80,12 @@ def collect(
     while active.any():
         mask = info["action_mask"]
         state = env.state()
-        with torch.no_grad():
-            dist = policy.distribution(torch.as_tensor(obs), torch.as_tensor(mask))
-            actions = sample(dist, generator)
-            logp = dist.log_prob(actions)
-        next_obs, rewards, done, _, info = env.step(actions.numpy())
-        steps.append((obs, mask, actions.numpy(), logp.numpy(), rewards, active, state))
+        with torch.inference_mode():
+            actions, logp = sample_actions(
+                policy(torch.as_tensor(obs), torch.as_tensor(mask)), generator
+            )
+        next_obs, rewards, done, _, info = env.step(actions)
+        steps.append((obs, mask, actions, logp, rewards, active, state))
         final = info
         active = info["active"]
         obs = next_obs

@@ -5,8 +5,10 @@ trust region anchored at the SFT policy).
 Labels (docs/design_decisions.md#the-algorithms-choices, our reading of the paper): states are recorded while a
 behaviour protocol (uniform random by default, so every situation appears) plays; for
 each state and agent the label is the action with the best counterfactual reward that
-round, the peers' actions held fixed (`deliberation_env.counterfactual`: exact for
-PERSIST and CONCEDE, the backend's own draw for REFINE; ties go to the cheapest action).
+round, the peers' actions held fixed (`deliberation_env.counterfactual`): exact for
+PERSIST and CONCEDE, and for every outcome that involves a REFINE the mean over
+`SFTConfig.refine_samples` REFINE draws, so the label is the action of best *expected*
+return (one draw undervalues REFINE). Exact ties go to the cheapest action.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ class SFTConfig(TrainConfig):
     batch_size: int = 512
     """Rounds (x N agents) per gradient step."""
     lr: float = 1e-3
+    refine_samples: int = 8
+    """K, REFINE outcomes averaged per counterfactual that involves a REFINE (the env's own
+    draw and K - 1 more, `deliberation_env.counterfactual.refine_sample_keys`): labels
+    pick the action of best expected reward. 1 is the single-draw labelling of earlier
+    versions. 8, measured at the quick budget (2,048 episodes, seed 0): on `toy` the SFT
+    policy's team accuracy goes 75.9% (K=1) -> ~82% (K=8) -> ~84% (K=32), on the default
+    profile 91.1% -> 91.3%; labelling costs ~K single draws (1.3 s at K=8, 7.6 s at 32)."""
     skip_ties: bool = True
     """Leave out of the loss the agent-states where every allowed action earns the same
     reward: their label is only the tie-break (PERSIST), and they are most states (all
@@ -75,7 +84,7 @@ def collect_dataset(cfg: SFTConfig, tasks: list, seed: int) -> Dataset:
     while active.any():
         mask = info["action_mask"]
         actions = behaviour.act(obs, mask)
-        labels, informative = hindsight_targets(env, actions, active)
+        labels, informative = hindsight_targets(env, actions, active, cfg.refine_samples)
         parts.append((obs[active], mask[active], labels[active], informative[active]))
         obs, _, _, _, info = env.step(actions)
         active = info["active"]

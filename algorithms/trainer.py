@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from algorithms.common import TrainConfig, make_policy, split_tasks
+from algorithms.kl import make_kl_controller
 from algorithms.policy import MetaPolicy, use_generator, with_value_head
 from algorithms.rollout import Rollout, collect
 from deliberation_env import VectorDeliberationEnv
@@ -93,7 +94,9 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.policy = self.start_policy(policy, critic_state_size)
         self.ref = copy.deepcopy(ref if ref is not None else self.policy).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        # foreach: one fused kernel per step over all parameters, not one loop per tensor.
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, foreach=True)
+        self.kl = make_kl_controller(cfg)  # beta of each update (`cfg.kl_control`)
         self.history: History = []
         self.start = 0
         self.progress = progress
@@ -125,6 +128,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "history": self.history,
             "generator": self.generator.get_state(),
+            "kl_controller": self.kl.state_dict(),
         }
         tmp = self.out / "checkpoint.pt.tmp"
         torch.save(payload, tmp)
@@ -144,6 +148,8 @@ class Trainer:
         self.ref.load_state_dict(payload["ref"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.history = payload["history"]
+        if "kl_controller" in payload:  # absent from checkpoints before KL controllers
+            self.kl.load_state_dict(payload["kl_controller"])
         self.start = payload["update"]
         # Checkpoints written before trainers owned a generator hold the global state.
         self.generator.set_state(payload.get("generator", payload.get("torch_rng")))
@@ -166,7 +172,8 @@ class Trainer:
         return float(runs[0]["team_accuracy"])
 
     def update_policy(self, roll: Rollout) -> dict[str, float]:
-        policy, ref, optimizer, cfg = self.policy, self.ref, self.optimizer, self.cfg
+        policy, ref, optimizer = self.policy, self.ref, self.optimizer
+        cfg = replace(self.cfg, beta=self.kl.value)  # the KL controller's current beta
         if self.update_takes_generator:
             return self.update(policy, ref, optimizer, roll, cfg, generator=self.generator)
         with use_generator(self.generator):  # a five-argument update draws from the global one
@@ -178,8 +185,11 @@ class Trainer:
         t0 = time.perf_counter()
         seed = cfg.seed * 1_000_003 + u
         roll = collect(self.env, self.policy, seed, cfg.group_size, self.generator)
+        beta = self.kl.value
         stats = self.update_policy(roll)
+        self.kl.update(stats.get("kl", 0.0), self.env.num_envs)
         record = {"update": u + 1, "agent_steps": roll.agent_steps, **rollout_stats(roll), **stats}
+        record["beta"] = beta
         if cfg.eval_every and (u + 1) % cfg.eval_every == 0:
             record["eval_team_accuracy"] = self.evaluate()
         record["seconds"] = time.perf_counter() - t0

@@ -1,60 +1,169 @@
-"""Training throughput: agent-steps per second of each learned method on the simulated
-benchmark (collection and updates together), measured side by side in one run.
+"""Training throughput: agent-steps per second of the env alone, the env with `MetaPolicy`
+inference, and each learned method end to end (collection and updates), measured side by
+side in one run on one core, each with its ratio to the env-only rate at the same batch.
 
-    python benchmarks/train_speed.py [--updates 10] [--profile PROFILE]
+    python benchmarks/train_speed.py [--updates 10] [--seconds 2] [--profile PROFILE]
 
-Writes ``runs/bench/train_speed.json``.
+Rows: env-only and env + inference at B in `--batch-sizes`; every method at the quick
+budget's shape (32 questions x 8 rollouts: B = 256) and at ``deliberate train``'s default
+(its config's defaults: B = 512). Prints a Markdown table with the issue's targets and
+writes ``runs/bench/train_speed.json``. Compare the ratios, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from _report import target, targets_table, write_report  # benchmarks/ is on sys.path
 
-from algorithms.common import train_env
+from algorithms.common import TrainConfig, make_policy, train_env
 from algorithms.registry import get_algorithm
+from algorithms.rollout import sample_actions
+from deliberation_env import EnvConfig, VectorDeliberationEnv
 from experiments.budgets import BUDGETS, DEFAULT_BUDGET
 from experiments.pipeline import method_config
 
 OUT = Path(__file__).resolve().parents[1] / "runs" / "bench" / "train_speed.json"
 
+GROUP_METHODS = ("softrankpo", "grpo", "reinforce")
+TARGET_INFERENCE_RATIO = 0.40
+"""Env + policy inference at B = 4096 over env-only stepping."""
+TARGET_GROUP_RATE = 40_000
+"""SoftRankPO / GRPO / REINFORCE end to end, agent-steps/s."""
+TARGET_GROUP_RATIO = 0.10
+"""... and over env-only stepping at the same B."""
+TARGET_PPO_RATE = 25_000
+
+
+def stepping_rates(
+    env_cfg: EnvConfig, batch: int, seconds: float, repeats: int = 3
+) -> tuple[float, float]:
+    """(env-only, env + inference) agent-steps/s of the autoresetting vector env at
+    `batch`: random mask-respecting actions, or actions sampled from a fresh `MetaPolicy`.
+    The two are timed in alternation, `repeats` times each, and the best of each kept, so
+    a load that comes and goes on a shared machine hits both alike."""
+    venv = VectorDeliberationEnv(batch, config=env_cfg)
+    net = make_policy(TrainConfig(env=env_cfg))
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    obs, info = venv.reset(seed=0)
+
+    def tick(policy: bool) -> None:
+        nonlocal obs, info
+        mask = info["action_mask"]
+        if not policy:
+            k = (rng.random(mask.shape[:-1]) * mask.sum(-1)).astype(np.int64)
+            actions = (np.cumsum(mask, axis=-1) <= k[..., None]).sum(-1)
+        else:
+            with torch.inference_mode():
+                logits = net(torch.as_tensor(obs), torch.as_tensor(mask))
+            actions, _ = sample_actions(logits, gen)
+        obs, _, _, _, info = venv.step(actions)
+
+    def rate(policy: bool) -> float:
+        tick(policy)  # warm-up
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / repeats:
+            tick(policy)
+            steps += 1
+        return steps * batch * venv.num_agents / (time.perf_counter() - start)
+
+    best = [0.0, 0.0]
+    for _ in range(repeats):
+        best = [max(best[0], rate(False)), max(best[1], rate(True))]
+    return best[0], best[1]
+
+
+def train_rate(name: str, shape: str, updates: int, env: EnvConfig) -> dict[str, Any]:
+    """One method's end-to-end rate at `shape` ("quick": the quick budget's; "default":
+    its config's defaults, as ``deliberate train`` runs it)."""
+    cls, train = get_algorithm(name).load()
+    if shape == "quick":
+        budget = dataclasses.replace(BUDGETS[DEFAULT_BUDGET], updates=updates)
+        cfg = method_config(name, budget, env)
+    else:
+        cfg = cls(env=env, updates=updates)
+    batch = cfg.questions_per_update * cfg.group_size if hasattr(cfg, "group_size") else None
+    start = time.perf_counter()
+    _, history = train(cfg, progress=False)
+    wall = time.perf_counter() - start
+    steps = sum(h.get("agent_steps", 0) for h in history)
+    # The updates' own time (collection + update), without the one-off setup (loading the
+    # questions, building the env); SB3 logs no per-update time: its wall time then.
+    timed = [h["seconds"] for h in history if "seconds" in h]
+    seconds = sum(timed) if len(timed) == len(history) and timed else wall
+    return {"row": f"{name} ({shape})", "method": name, "shape": shape, "batch": batch,
+            "agent_steps": steps, "seconds": seconds, "wall_seconds": wall,
+            "agent_steps_per_s": steps / seconds}  # fmt: skip
+
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=10)
-    parser.add_argument("--profile", default=train_env().profile)
     parser.add_argument(
-        "--methods", nargs="+", default=["softrankpo", "grpo", "ppo", "reinforce", "sb3_ppo"]
+        "--seconds", type=float, default=3.0, help="per env-stepping row (in 3 parts)"
     )
+    parser.add_argument("--profile", default=train_env().profile)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 512, 4096])
+    parser.add_argument("--methods", nargs="+", default=[*GROUP_METHODS, "ppo", "sb3_ppo"])
+    parser.add_argument("--shapes", nargs="+", default=["quick", "default"])
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    preset = BUDGETS[DEFAULT_BUDGET]
-    preset = dataclasses.replace(preset, updates=args.updates)
     env = dataclasses.replace(train_env(), profile=args.profile)
-    rows = []
-    for name in args.methods:
-        cfg = method_config(name, preset, env)
-        _, train = get_algorithm(name).load()
-        start = time.perf_counter()
-        _, history = train(cfg, progress=False)
-        seconds = time.perf_counter() - start
-        steps = sum(h.get("agent_steps", 0) for h in history)
-        rows.append({"method": name, "agent_steps": steps, "seconds": seconds,
-                     "agent_steps_per_s": steps / seconds})  # fmt: skip
-    print("| method | agent steps | seconds | agent-steps/s |\n|---|---:|---:|---:|")
+    env_only: dict[int, float] = {}
+    rows: list[dict[str, Any]] = []
+    for b in args.batch_sizes:
+        env_only[b], rate = stepping_rates(env, b, args.seconds)
+        rows.append({"row": "env only", "batch": b, "agent_steps_per_s": env_only[b]})
+        rows.append({"row": "env + inference", "batch": b, "agent_steps_per_s": rate})
+    for shape in args.shapes:
+        for name in args.methods:
+            if name == "sb3_ppo" and shape != "quick":
+                continue  # SB3 has no `deliberate train` default shape of its own here
+            rows.append(train_rate(name, shape, args.updates, env))
     for r in rows:
-        print(
-            f"| {r['method']} | {r['agent_steps']} | {r['seconds']:.1f} | {r['agent_steps_per_s']:,.0f} |"
+        b = r.get("batch")
+        if b is not None and b not in env_only:  # a batch size not measured alone
+            env_only[b] = stepping_rates(env, b, args.seconds)[0]
+        r["env_only_ratio"] = r["agent_steps_per_s"] / env_only[b] if b else None
+
+    lines = ["| row | B | agent-steps/s | / env-only at B |", "|---|---:|---:|---:|"]
+    for r in rows:
+        ratio = "" if r["env_only_ratio"] is None else f"{r['env_only_ratio']:.1%}"
+        lines.append(
+            f"| {r['row']} | {r['batch'] or ''} | {r['agent_steps_per_s']:,.0f} | {ratio} |"
         )
-    report = {"config": {"updates": args.updates, "profile": args.profile}, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    targets = []
+    for r in rows:
+        if r["row"] == "env + inference" and r["batch"] == 4096:
+            ok = r["env_only_ratio"] >= TARGET_INFERENCE_RATIO
+            targets.append(target("env + inference >= 40% of env-only at B = 4096",
+                                  r["env_only_ratio"], f"{r['env_only_ratio']:.1%}", ok))  # fmt: skip
+        elif r.get("method") in GROUP_METHODS:
+            ok = (
+                r["agent_steps_per_s"] >= TARGET_GROUP_RATE
+                and r["env_only_ratio"] >= TARGET_GROUP_RATIO
+            )
+            text = f"{r['agent_steps_per_s']:,.0f} ({r['env_only_ratio']:.1%})"
+            targets.append(
+                target(f"{r['row']} >= 40,000/s and >= 10%", r["agent_steps_per_s"], text, ok)
+            )
+        elif r.get("method") == "ppo":
+            ok = r["agent_steps_per_s"] >= TARGET_PPO_RATE
+            text = f"{r['agent_steps_per_s']:,.0f}"
+            targets.append(target(f"{r['row']} >= 25,000/s", r["agent_steps_per_s"], text, ok))
+    markdown = "\n".join(lines + targets_table(targets))
+    config = {"updates": args.updates, "seconds": args.seconds, "profile": args.profile,
+              "torch_threads": 1}  # fmt: skip
+    report = {"config": config, "rows": rows, "targets": targets}
+    write_report(report, args.out, markdown)
     return report
 
 

@@ -6,6 +6,13 @@ scratch copy of a state with the same actions reproduces exactly what the env do
 these counterfactuals are exact, REFINE included, for any backend whose outcome depends
 only on the request (the simulated one does). The env itself is never modified.
 
+REFINE is a noisy action: the env's own draw is one sample of it. With ``samples=K`` the
+joint actions that contain a REFINE are also stepped on K - 1 scratch copies whose
+episode key is replaced by `refine_sample_keys` (``rng.derive(key, tag, k)``, so the
+estimate is reproducible), and their rewards are averaged: an estimate of the *expected*
+reward of the round. Joint actions without REFINE stay exact (their outcome does not
+depend on the key with the default ``tie_break="confidence"``).
+
 Each function takes the `VectorDeliberationEnv` (the core it wraps is accepted too, for
 the env's own code); `active` defaults to ``env.active``, so envs whose episode has ended
 count as the env counts them: reward 0, all-PERSIST.
@@ -17,6 +24,7 @@ import itertools
 
 import numpy as np
 
+from deliberation_env import rng
 from deliberation_env.actions import NUM_ACTIONS, Action
 from deliberation_env.core import DeliberationCore, StepResult
 from deliberation_env.vector import VectorDeliberationEnv
@@ -26,6 +34,24 @@ EnvLike = VectorDeliberationEnv | DeliberationCore
 LABEL_PREFERENCE = (Action.PERSIST, Action.CONCEDE, Action.REFINE)
 """Order in which hindsight labels break ties between equally rewarded actions: cheapest
 first (PERSIST costs nothing, CONCEDE a few bookkeeping tokens, REFINE an LLM call)."""
+
+
+_SAMPLE_TAG = 0xC0F
+"""Tag of the keys of extra REFINE samples (distinct from the core's stream tags 1-6)."""
+
+
+def refine_sample_keys(keys: np.ndarray, samples: int) -> np.ndarray:
+    """``uint64 [samples, len(keys)]``: the episode keys under which REFINE is sampled.
+
+    Sample 0 is the episode's own key (the draw the env itself makes), sample k >= 1 is
+    ``rng.derive(key, _SAMPLE_TAG, k)``: deterministic, so labels are reproducible, and
+    independent of the env's draw (the core keys REFINE by (episode key, round, agent)).
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1 (REFINE outcomes to average), got {samples}")
+    keys = np.asarray(keys, np.uint64)
+    extra = [rng.derive(keys, _SAMPLE_TAG, k) for k in range(1, samples)]
+    return np.stack([keys, *extra])
 
 
 def _unpack(env: EnvLike, active: np.ndarray | None) -> tuple[DeliberationCore, np.ndarray]:
@@ -47,21 +73,32 @@ def _unpack(env: EnvLike, active: np.ndarray | None) -> tuple[DeliberationCore, 
 
 
 def _step_copies(
-    core: DeliberationCore, envs: np.ndarray, actions: np.ndarray
+    core: DeliberationCore,
+    envs: np.ndarray,
+    actions: np.ndarray,
+    keys: np.ndarray | None = None,
 ) -> tuple[DeliberationCore, StepResult]:
-    """Step scratch copies of the rows `envs` of `core` once with `actions` [M, N]."""
+    """Step scratch copies of the rows `envs` of `core` once with `actions` [M, N]; with
+    `keys` ([M] uint64) the copies play under those episode keys instead of their own."""
     scratch = core.spawn(len(envs))
-    scratch.set_rows(np.arange(len(envs)), core.get_rows(envs))
+    rows = core.get_rows(envs)
+    if keys is not None:
+        rows.key = np.asarray(keys, np.uint64)
+    scratch.set_rows(np.arange(len(envs)), rows)
     return scratch, scratch.step(actions)
 
 
 def counterfactual_rewards(
-    env: EnvLike, actions: np.ndarray, active: np.ndarray | None = None
+    env: EnvLike, actions: np.ndarray, active: np.ndarray | None = None, samples: int = 1
 ) -> np.ndarray:
     """``[B, N, 3]``: the reward agent i would get this round for playing action a while
     its peers play `actions` ``[B, N]``.
 
-    ``out[b, i, actions[b, i]]`` is the reward the env will actually give. A CONCEDE the
+    ``out[b, i, actions[b, i]]`` is the reward the env will actually give when
+    ``samples=1``. With ``samples=K`` every alternative whose joint action contains a
+    REFINE (agent i's or a peer's) is the mean reward over K REFINE outcomes (the env's
+    own and K - 1 others, `refine_sample_keys`; the same K for the three alternatives of
+    an agent, so they are compared on common draws); the others stay exact. A CONCEDE the
     action mask forbids behaves as PERSIST (the env treats it so). Envs where `active`
     ([B] bool, default ``env.active``) is False get 0, as the env rewards frozen envs.
     """
@@ -73,32 +110,48 @@ def counterfactual_rewards(
     agent = np.arange(N)
     joint[:, agent, :, agent] = np.arange(NUM_ACTIONS)
     envs = np.repeat(np.arange(B), N * NUM_ACTIONS)
-    _, result = _step_copies(core, envs, joint.reshape(-1, N))
-    rewards = result.rewards.reshape(B, N, NUM_ACTIONS, N)[:, agent, :, agent]  # [N, B, 3]
+    flat = joint.reshape(-1, N)
+    _, result = _step_copies(core, envs, flat)
+    rewards = result.rewards
+    if samples > 1:
+        # Only copies of live envs whose joint action draws a REFINE are random.
+        noisy = np.flatnonzero((flat == Action.REFINE).any(-1) & live[envs])
+        if len(noisy):
+            keys = refine_sample_keys(core.state.key[envs[noisy]], samples)
+            total = rewards[noisy].astype(np.float64)
+            for k in range(1, samples):
+                _, res = _step_copies(core, envs[noisy], flat[noisy], keys[k])
+                total = total + res.rewards
+            rewards = rewards.astype(np.float64)
+            rewards[noisy] = total / samples
+    rewards = rewards.reshape(B, N, NUM_ACTIONS, N)[:, agent, :, agent]  # [N, B, 3]
     return rewards.transpose(1, 0, 2) * live[:, None, None]
 
 
 def hindsight_labels(
-    env: EnvLike, actions: np.ndarray, active: np.ndarray | None = None
+    env: EnvLike, actions: np.ndarray, active: np.ndarray | None = None, samples: int = 1
 ) -> np.ndarray:
-    """``int64 [B, N]``: for each agent, the allowed action with the best counterfactual
-    reward given its peers' `actions` (ties: PERSIST, then CONCEDE, then REFINE).
+    """``int64 [B, N]``: for each agent, the allowed action with the best expected
+    counterfactual reward given its peers' `actions` (exact ties: PERSIST, then CONCEDE,
+    then REFINE).
 
     These are the SFT targets of MPDF's stage 1 ("for each recorded state, the action with
-    the best counterfactual reward"): PERSIST and CONCEDE outcomes are exact and REFINE is
-    the backend's own draw for this state. With ``reward="terminal"`` every non-final
-    round rewards 0, so its labels are all PERSIST.
+    the best counterfactual reward"): PERSIST and CONCEDE outcomes are exact, and
+    outcomes that involve a REFINE are the mean over `samples` REFINE draws
+    (`counterfactual_rewards`; 1: the backend's own draw for this state, which undervalues
+    REFINE, a noisy action that one draw makes lose ties and close comparisons). With
+    ``reward="terminal"`` every non-final round rewards 0, so its labels are all PERSIST.
     """
-    return hindsight_targets(env, actions, active)[0]
+    return hindsight_targets(env, actions, active, samples)[0]
 
 
 def hindsight_targets(
-    env: EnvLike, actions: np.ndarray, active: np.ndarray | None = None
+    env: EnvLike, actions: np.ndarray, active: np.ndarray | None = None, samples: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """`hindsight_labels` and ``informative [B, N]`` bool: False where every allowed
-    action earns the same reward (the label is then only the tie-break)."""
+    action earns the same (expected) reward (the label is then only the tie-break)."""
     core, live = _unpack(env, active)
-    rewards = counterfactual_rewards(core, actions, live)
+    rewards = counterfactual_rewards(core, actions, live, samples)
     rewards = np.where(core.action_masks() > 0, rewards, -np.inf)
     order = np.array(LABEL_PREFERENCE, np.int64)
     # argmax returns the first maximum: scanning in preference order breaks ties.

@@ -179,6 +179,21 @@ def test_hindsight_label_refine_when_only_a_revision_finds_the_answer():
     np.testing.assert_array_equal(labels, [[F, P, P]] * 2)
 
 
+@pytest.mark.parametrize("samples", [2, 8])
+def test_hindsight_labels_with_a_key_independent_refine_keep_the_single_draw_and_ties(samples):
+    # RoundScripted's REFINE does not depend on the episode key: every sample is the same
+    # draw, the expectation equals it, and exact ties still go PERSIST, CONCEDE, REFINE.
+    env, _, _ = scripted_env(
+        [Say(W1, conf=0.5), Say(R, conf=0.75), Say(R, conf=0.875)],
+        {0: [Say(W1)], 1: [Say(W2)], 2: [Say(R, conf=0.875)]},
+    )
+    actions = np.full((2, 3), P)
+    np.testing.assert_array_equal(
+        counterfactual_rewards(env, actions, samples=samples), counterfactual_rewards(env, actions)
+    )
+    np.testing.assert_array_equal(hindsight_labels(env, actions, samples=samples), [[C, P, P]] * 2)
+
+
 def test_hindsight_labels_never_pick_a_masked_concede():
     # Peers of agent_0 have no parsed answer: its CONCEDE is masked (and equals PERSIST).
     env, _, infos = scripted_env([Say(R), Say(X), Say(X)], {0: [Say(W1)], 1: [Say(X)], 2: [Say(X)]})
