@@ -16,69 +16,13 @@ from deliberation_env.actions import NUM_ACTIONS, Action
 from deliberation_env.backends import make_backend_for, unwrap
 from deliberation_env.config import EnvConfig, check_int
 from deliberation_env.observation import ObservationLayout, agent_features, build_observations
-from deliberation_env.protocol import UNPARSED, BatchBackend, BatchView, Solution, SolutionBatch
+from deliberation_env.protocol import BatchBackend, BatchView, Solution, SolutionBatch
 from deliberation_env.rewards import consensus_terms, terminal_terms, token_cost_term
+from deliberation_env.state import SOLUTION_FIELDS, State
 from deliberation_env.tasks.task import Task
 
 # Tags that separate the random streams of one episode key.
 _EPISODE, _INIT, _TASK, _SOLVE, _REFINE, _TIE = range(1, 7)
-
-
-@dataclass
-class State:
-    """Arrays of B envs x N agents. Solution fields mirror `SolutionBatch`."""
-
-    answer: np.ndarray  # int32 [B, N]
-    correct: np.ndarray  # bool
-    self_confidence: np.ndarray  # float32
-    judge_confidence: np.ndarray
-    logprob_confidence: np.ndarray  # NaN where unavailable
-    steps: np.ndarray
-    operators: np.ndarray
-    length: np.ndarray  # int64, completion tokens of the current solution
-    records: np.ndarray  # object, `Solution` records of text backends (None for simulated)
-    changed: np.ndarray  # bool, answer changed last round
-    last_action: np.ndarray  # int8, -1 before the first round
-    task_index: np.ndarray  # int64 [B]
-    round: np.ndarray  # int32 [B], rounds played
-    key: np.ndarray  # uint64 [B], the episode's dynamics key
-    tokens: np.ndarray  # int64 [B], tokens spent this episode (initial answers included)
-    action_counts: np.ndarray  # int64 [B, 3]
-
-    @classmethod
-    def empty(cls, B: int, N: int) -> State:
-        f32 = np.zeros((B, N), np.float32)
-        return cls(
-            answer=np.full((B, N), UNPARSED, np.int32),
-            correct=np.zeros((B, N), bool),
-            self_confidence=f32.copy(),
-            judge_confidence=f32.copy(),
-            logprob_confidence=f32.copy(),
-            steps=f32.copy(),
-            operators=f32.copy(),
-            length=np.zeros((B, N), np.int64),
-            records=np.full((B, N), None, object),
-            changed=np.zeros((B, N), bool),
-            last_action=np.full((B, N), -1, np.int8),
-            task_index=np.zeros(B, np.int64),
-            round=np.zeros(B, np.int32),
-            key=np.zeros(B, np.uint64),
-            tokens=np.zeros(B, np.int64),
-            action_counts=np.zeros((B, NUM_ACTIONS), np.int64),
-        )
-
-
-SOLUTION_FIELDS = (
-    "answer",
-    "correct",
-    "self_confidence",
-    "judge_confidence",
-    "logprob_confidence",
-    "steps",
-    "operators",
-    "length",
-    "records",
-)
 
 
 @dataclass
@@ -192,45 +136,71 @@ class DeliberationCore:
         s, cfg = self.state, self.config
         if active is not None:
             actions = np.where(active[:, None], actions, int(Action.PERSIST))
-        backend = self.backend
-        same_before = self._same
         correct_before = s.correct.copy()
         answer_before = s.answer.copy()
         tokens = np.zeros(actions.shape, np.int64)
 
-        # CONCEDE reads the pre-round state, so gather before anything is written.
-        concede = actions == Action.CONCEDE
-        if concede.any():
-            target = self._concede_targets(same_before)
-            rows = np.arange(self.num_envs)[:, None]
-            # Conceding to a peer that already shares my answer changes nothing (= PERSIST).
-            concede &= (target >= 0) & ~same_before[
-                rows, self._arange[None, :], np.maximum(target, 0)
-            ]
-        if concede.any():
-            cb, ca = np.nonzero(concede)
-            ct = target[cb, ca]
-            conceded = {f: getattr(s, f)[cb, ct] for f in SOLUTION_FIELDS}
-            tokens[cb, ca] = backend.concede_tokens
-
-        refine = actions == Action.REFINE
-        if refine.any():
-            rb, ra = np.nonzero(refine)
-            view = BatchView(
-                env=rb,
-                agent=ra,
-                task_index=s.task_index[rb],
-                keys=rng.derive(s.key[rb], _REFINE, s.round[rb], ra),
-                state=s,
-            )
-            batch = backend.refine_batch(view)
-            self._write(batch, rb, ra)
-            tokens[rb, ra] = batch.prompt_tokens + batch.completion_tokens
-        if concede.any():
+        # CONCEDE reads the pre-round state, so gather before REFINE writes anything.
+        concede = self._gather_concessions(actions, tokens)
+        self._refine(actions == Action.REFINE, tokens)
+        if concede is not None:
+            (cb, ca), conceded = concede
             for f, values in conceded.items():
                 getattr(s, f)[cb, ca] = values
 
         s.changed = s.answer != answer_before
+        self._count(actions, tokens, active)
+        self._vote()
+        team_correct = self.team_correct()
+        done = s.round >= cfg.max_rounds
+        if cfg.stop_on_consensus:
+            done |= self.consensus()
+        if active is not None:
+            done |= ~active
+        terms = self._reward_terms(correct_before, team_correct, done, tokens, active)
+        rewards = cast(np.ndarray, sum(terms.values()))
+        return StepResult(rewards, terms, tokens, done, team_correct)
+
+    def _gather_concessions(
+        self, actions: np.ndarray, tokens: np.ndarray
+    ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]] | None:
+        """The (envs, agents) that really concede and the solution fields they copy, read
+        from the pre-round state; their bookkeeping tokens go into `tokens`."""
+        concede = actions == Action.CONCEDE
+        if not concede.any():
+            return None
+        same = self._same
+        target = self._concede_targets(same)
+        rows = np.arange(self.num_envs)[:, None]
+        # Conceding to a peer that already shares my answer changes nothing (= PERSIST).
+        concede &= (target >= 0) & ~same[rows, self._arange[None, :], np.maximum(target, 0)]
+        if not concede.any():
+            return None
+        cb, ca = np.nonzero(concede)
+        ct = target[cb, ca]
+        tokens[cb, ca] = self.backend.concede_tokens
+        return (cb, ca), {f: getattr(self.state, f)[cb, ct] for f in SOLUTION_FIELDS}
+
+    def _refine(self, refine: np.ndarray, tokens: np.ndarray) -> None:
+        """One batched backend call for every REFINE of the round; writes the solutions."""
+        if not refine.any():
+            return
+        s = self.state
+        rb, ra = np.nonzero(refine)
+        view = BatchView(
+            env=rb,
+            agent=ra,
+            task_index=s.task_index[rb],
+            keys=rng.derive(s.key[rb], _REFINE, s.round[rb], ra),
+            state=s,
+        )
+        batch = self.backend.refine_batch(view)
+        self._write(batch, rb, ra)
+        tokens[rb, ra] = batch.prompt_tokens + batch.completion_tokens
+
+    def _count(self, actions: np.ndarray, tokens: np.ndarray, active: np.ndarray | None) -> None:
+        """Last actions, rounds, action counts and tokens of the live envs."""
+        s = self.state
         counts = voting.sum_small(actions[..., None] == self._action_ids, 1)
         if active is None:
             s.last_action = actions.astype(np.int8)
@@ -243,14 +213,16 @@ class DeliberationCore:
         s.tokens += voting.sum_small(tokens, 1, np.int64)
         self.round_tokens = tokens.copy()  # reset() writes into it; results keep theirs
 
-        self._vote()
-        team_correct = self.team_correct()
-        done = s.round >= cfg.max_rounds
-        if cfg.stop_on_consensus:
-            done |= self.consensus()
-        if active is not None:
-            done |= ~active
-
+    def _reward_terms(
+        self,
+        correct_before: np.ndarray,
+        team_correct: np.ndarray,
+        done: np.ndarray,
+        tokens: np.ndarray,
+        active: np.ndarray | None,
+    ) -> dict[str, np.ndarray]:
+        """The named ``[B, N]`` reward components of the round (`deliberation_env.rewards`)."""
+        s, cfg = self.state, self.config
         if cfg.reward == "consensus":
             loo = voting.leave_one_out(
                 self._same, s.self_confidence, cfg.tie_break, self._noise(), cfg.vote
@@ -268,8 +240,7 @@ class DeliberationCore:
         terms["token_cost"] = token_cost_term(tokens, cfg.token_cost)
         if active is not None:
             terms = {k: v * active[:, None] for k, v in terms.items()}
-        rewards = cast(np.ndarray, sum(terms.values()))
-        return StepResult(rewards, terms, tokens, done, team_correct)
+        return terms
 
     # ------------------------------------------------------------------ counterfactuals
     def spawn(self, num_envs: int) -> DeliberationCore:

@@ -19,8 +19,8 @@ import numpy as np
 
 from deliberation_env.tasks.task import Task
 
-if TYPE_CHECKING:  # the core imports this module; its State is a type-only dependency
-    from deliberation_env.core import State
+if TYPE_CHECKING:  # `state` imports this module; State is a type-only dependency here
+    from deliberation_env.state import State
 
 UNPARSED = -1
 """Answer id of an unparseable answer: it agrees with nobody and is never correct."""
