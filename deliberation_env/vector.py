@@ -24,17 +24,11 @@ from deliberation_env.core import DeliberationCore, derive_keys
 from deliberation_env.observation import ObservationLayout
 from deliberation_env.protocol import Solution
 from deliberation_env.rng import seed_key
+from deliberation_env.state import SOLUTION_FIELDS
 
-SOLUTION_ARRAYS = (
-    "answer",
-    "correct",
-    "self_confidence",
-    "judge_confidence",
-    "logprob_confidence",
-    "steps",
-    "operators",
-)
-"""The per-agent arrays `VectorDeliberationEnv.solution_arrays` returns."""
+SOLUTION_ARRAYS = tuple(f for f in SOLUTION_FIELDS if f not in ("length", "records"))
+"""The per-agent arrays `VectorDeliberationEnv.solution_arrays` returns: the solution fields
+of the state, less the token length and the text records (`solutions` gives those)."""
 
 
 class VectorDeliberationEnv:
