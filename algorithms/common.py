@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from algorithms.advantages import reward_transform
+from algorithms.kl import KLAnneal, KLControl, make_kl_controller
 from algorithms.policy import MetaPolicy, PolicyConfig, use_generator
 from algorithms.rollout import Rollout
 from deliberation_env import EnvConfig, load_tasks
@@ -75,7 +76,7 @@ class TrainConfig:
     beta: float = 0.02
     """Weight of KL(pi || pi_ref) to the reference policy (the SFT policy when stage 1
     ran, else the initial one); with `kl_control` other than "fixed", its start."""
-    kl_control: Literal["fixed", "adaptive", "anneal"] = "fixed"
+    kl_control: KLControl = "fixed"
     """How beta moves during training (`algorithms.kl`): "fixed", the paper's constant
     trust region; "adaptive", toward `target_kl` (Ziegler et al. 2019, "Fine-Tuning
     Language Models from Human Preferences"; TRL's `AdaptiveKLController`); "anneal",
@@ -91,7 +92,7 @@ class TrainConfig:
     rollouts; ~2,000 lets it halve), or over which "anneal" reaches `kl_floor`."""
     kl_floor: float = 0.0
     """The beta "anneal" ends at."""
-    kl_anneal: Literal["linear", "exponential"] = "linear"
+    kl_anneal: KLAnneal = "linear"
     """Shape of "anneal": linear, or exponential (geometric from beta to `kl_floor`; a
     floor of 0 falls back to linear)."""
     entropy_coef: float = 0.0
@@ -121,6 +122,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_env(self.env, type(self).__name__)
         reward_transform(self.reward_transform)  # a clear error for an unknown name
+        make_kl_controller(self)  # and for a bad KL setting, at construction
 
 
 class SplitConfig(Protocol):

@@ -14,9 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:  # common imports this module for its names; the config is a type here
+    from algorithms.common import TrainConfig
 
 KLControl = Literal["fixed", "adaptive", "anneal"]
+KLAnneal = Literal["linear", "exponential"]
 
 
 class KLController(Protocol):
@@ -78,7 +82,7 @@ class AnnealedKLController(_Stateful):
     start: float = 0.02
     floor: float = 0.0
     horizon: int = 10_000
-    schedule: Literal["linear", "exponential"] = "linear"
+    schedule: KLAnneal = "linear"
     steps: int = 0
 
     def update(self, kl: float, n_steps: int) -> None:
@@ -91,43 +95,23 @@ class AnnealedKLController(_Stateful):
             self.value = self.start + (self.floor - self.start) * frac
 
 
-class KLSettings(Protocol):
-    """The fields of `algorithms.common.TrainConfig` a controller is built from."""
-
-    @property
-    def beta(self) -> float: ...
-    @property
-    def kl_control(self) -> str: ...
-    @property
-    def target_kl(self) -> float: ...
-    @property
-    def kl_horizon(self) -> int: ...
-    @property
-    def kl_floor(self) -> float: ...
-    @property
-    def kl_anneal(self) -> str: ...
-
-
-def _fixed(cfg: KLSettings) -> KLController:
+def _fixed(cfg: TrainConfig) -> KLController:
     return FixedKLController(cfg.beta)
 
 
-def _adaptive(cfg: KLSettings) -> KLController:
+def _adaptive(cfg: TrainConfig) -> KLController:
     if cfg.target_kl <= 0:
         raise ValueError(f"target_kl must be > 0 for kl_control='adaptive', got {cfg.target_kl}")
     return AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon)
 
 
-def _anneal(cfg: KLSettings) -> KLController:
+def _anneal(cfg: TrainConfig) -> KLController:
     if cfg.kl_anneal not in ("linear", "exponential"):
         raise ValueError(f"kl_anneal must be 'linear' or 'exponential', got {cfg.kl_anneal!r}")
-    schedule: Literal["linear", "exponential"] = (
-        "linear" if cfg.kl_anneal == "linear" else "exponential"
-    )
-    return AnnealedKLController(cfg.beta, cfg.beta, cfg.kl_floor, cfg.kl_horizon, schedule)
+    return AnnealedKLController(cfg.beta, cfg.beta, cfg.kl_floor, cfg.kl_horizon, cfg.kl_anneal)
 
 
-KL_CONTROLLERS: dict[str, Callable[[KLSettings], KLController]] = {
+KL_CONTROLLERS: dict[str, Callable[[TrainConfig], KLController]] = {
     "fixed": _fixed,
     "adaptive": _adaptive,
     "anneal": _anneal,
@@ -135,7 +119,7 @@ KL_CONTROLLERS: dict[str, Callable[[KLSettings], KLController]] = {
 """`TrainConfig.kl_control` name -> builder of its controller from the config."""
 
 
-def make_kl_controller(cfg: KLSettings) -> KLController:
+def make_kl_controller(cfg: TrainConfig) -> KLController:
     """The controller `cfg.kl_control` names, starting at `cfg.beta`."""
     if cfg.kl_control not in KL_CONTROLLERS:
         valid = ", ".join(KL_CONTROLLERS)
