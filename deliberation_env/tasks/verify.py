@@ -11,6 +11,8 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
+from deliberation_env.tasks.programs import complete_program
+from deliberation_env.tasks.sandbox import run_candidate
 from deliberation_env.tasks.task import CHOICE_LETTERS, TASK_KINDS, Task, TaskKind
 
 __all__ = ["last_boxed", "normalize_answer", "parse_number", "verify"]
@@ -242,14 +244,13 @@ def verify(task: Task, answer: str | None) -> bool:
     ``numeric``: equal within a relative 1e-6 / absolute 1e-9 tolerance (fractions read
     exactly; two integers must be equal). ``math``: equal canonical forms, else equal by math-verify (symbolic).
     ``choice``: the same option, by letter, 0-based index or the option's exact text.
-    ``code``: not available yet (needs the execution sandbox), raises NotImplementedError.
+    ``code``: the program the answer stands for (a whole function, or a completion of the
+    prompt, see `deliberation_env.tasks.programs.complete_program`) passes the task's unit
+    tests, run in a separate sandboxed process (`deliberation_env.tasks.sandbox`); a code
+    task without tests (``meta["test"]``) raises NotImplementedError.
     """
     if task.kind == "code":
-        raise NotImplementedError(
-            f"task {task.id!r}: code verification runs the task's unit tests and needs the "
-            "execution sandbox, which is not available yet; code tasks can be loaded but "
-            "not scored"
-        )
+        return _verify_code(task, answer)
     if answer is None:
         return False
     got = normalize_answer(task.kind, answer)
@@ -271,3 +272,35 @@ def verify(task: Task, answer: str | None) -> bool:
             return _numbers_close(a, b)
         return _math_equal(gold, got)
     return False
+
+
+def _verify_code(task: Task, answer: str | None) -> bool:
+    tests = task.meta.get("test")
+    if not isinstance(tests, str) or not tests.strip():
+        raise NotImplementedError(
+            f"task {task.id!r}: code verification runs the task's unit tests, and this task "
+            "has none (meta['test']); load code tasks in a format that carries them "
+            "(HumanEval's 'test' and 'entry_point') to score them"
+        )
+    if answer is None or not answer.strip():
+        return False
+    entry_point = str(task.meta.get("entry_point") or task.answer)
+    prompt = str(task.meta.get("prompt") or task.question)
+    return _passes(complete_program(prompt, answer, entry_point), tests, entry_point)
+
+
+# Agents often agree on one program: each distinct program runs once. Only verdicts that
+# another run would repeat are kept (a timeout may be a loaded machine).
+_CODE_VERDICTS: dict[tuple[str, str, str], bool] = {}
+_MAX_CODE_VERDICTS = 4096
+_REPEATABLE = frozenset({"passed", "failed", "syntax_error", "missing_entry_point"})
+
+
+def _passes(program: str, tests: str, entry_point: str) -> bool:
+    key = (program, tests, entry_point)
+    if key in _CODE_VERDICTS:
+        return _CODE_VERDICTS[key]
+    result = run_candidate(program, tests, entry_point)
+    if result.reason in _REPEATABLE and len(_CODE_VERDICTS) < _MAX_CODE_VERDICTS:
+        _CODE_VERDICTS[key] = result.passed
+    return result.passed
