@@ -205,11 +205,12 @@ def _auroc(score: np.ndarray, positive: np.ndarray) -> float | None:
 
 
 def _fit_confidences(est: Estimates, rows: list[dict]) -> None:
-    """The AUROC of each confidence signal, and the verbalised confidence's centre."""
+    """The AUROC of each confidence signal (and of a verifier's ``verifier_score``, where
+    records carry one: it sets `verifier_auroc`), and the verbalised confidence's centre."""
     correct = np.array([r["correct"] for r in rows], bool)
-    for signal in ("self", "judge", "logprob"):
-        have = [(r[f"{signal}_confidence"], c) for r, c in zip(rows, correct)
-                if r.get(f"{signal}_confidence") is not None]  # fmt: skip
+    for signal in ("self", "judge", "logprob", "verifier"):
+        key = "verifier_score" if signal == "verifier" else f"{signal}_confidence"
+        have = [(r[key], c) for r, c in zip(rows, correct) if r.get(key) is not None]
         if not have:
             continue
         score, pos = np.array([h[0] for h in have], float), np.array([h[1] for h in have])

@@ -16,6 +16,18 @@ Tokens: `prompt_tokens` is the length of the tokenized prompt; `completion_token
 the generated tokens up to and including the end-of-sequence token (all `max_new_tokens`
 when there is none).
 
+Context window. The context size is read from the model config (``n_positions``,
+``max_position_embeddings``, ``n_ctx``, ``seq_length``; else the tokenizer's
+``model_max_length``; `context_length` overrides it). A refine or judge prompt that leaves
+less than `max_new_tokens` of room is rendered again with every quoted solution cut to the
+longest tail that fits (`agents.prompts.fit_messages`: the end of the reasoning and the final
+answer are kept, the cut marked ``[...]``). When even the answers-only prompt leaves too
+little room, the reply budget of that request is lowered to what is left (requests with
+equal budgets are batched together, so a request's text still depends on its prompt and
+seed only); when fewer than `agents.prompts.MIN_REPLY_TOKENS` would be left (a question too
+long for the model), `agents.prompts.ContextWindowError` says so. A prompt that fits is
+sent exactly as before.
+
 Loading: ``model`` is a local path or a hub id; with ``HF_HUB_OFFLINE=1`` (or
 ``TRANSFORMERS_OFFLINE=1``) only local files are used. The backend pickles without its
 weights (``__getstate__``) and reloads them from `model` on first use after unpickling.
@@ -24,20 +36,33 @@ weights (``__getstate__``) and reloads them from `model` on first use after unpi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from agents import hf_generation
-from agents.cache import cached_batch, open_cache
+from agents.cache import cached_batch, open_cache, prompt_version
 from agents.hf_generation import Generation, SeededSampler
 from agents.parsing import solution_from_text
-from agents.prompts import MAX_SOLUTION_CHARS, Message, judge_messages, render_chat
+from agents.prompts import (
+    MAX_SOLUTION_CHARS,
+    MIN_REPLY_TOKENS,
+    ContextWindowError,
+    Message,
+    fit_messages,
+    judge_messages,
+    longest_text,
+    refine_messages,
+    render_chat,
+)
 from agents.text_backend import check_int, check_sampling, request_messages, with_judge
+from agents.verifier import ClassifierVerifier, score_solutions, verifier_groups
 from deliberation_env.protocol import RefineRequest, Solution, SolveRequest
 from deliberation_env.tasks.task import Task
 
@@ -45,6 +70,10 @@ __all__ = ["Generation", "HFBackend", "SeededSampler"]
 
 _TRUE = ("1", "true", "yes", "on")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
+"""Model config fields that hold the context size, in the order they are read."""
+_NO_LIMIT = 10**8
+"""A tokenizer ``model_max_length`` at or above this is transformers' "unset" sentinel."""
 
 
 def _offline() -> bool:
@@ -72,6 +101,10 @@ class HFBackend:
         max_solution_chars: quoted solutions are cut to this many characters.
         trust_remote_code: passed to ``from_pretrained``.
         cache: a path or `agents.cache.ResponseCache`: record completions and replay them.
+        context_length: the model's context in tokens (prompt + reply); None reads it
+            from the model config (see the module docstring).
+        verifier: a sequence-classification / reward model (folder or hub id) that scores
+            every solution (`agents.verifier.ClassifierVerifier`; H8); None: no verifier.
     """
 
     def __init__(
@@ -89,7 +122,11 @@ class HFBackend:
         max_solution_chars: int = MAX_SOLUTION_CHARS,
         trust_remote_code: bool = False,
         cache: Any = None,
+        context_length: int | None = None,
+        verifier: str | None = None,
     ) -> None:
+        if context_length is not None:
+            check_int("context_length", context_length, 1)
         for name, value in (
             ("max_new_tokens", max_new_tokens),
             ("batch_size", batch_size),
@@ -110,10 +147,14 @@ class HFBackend:
         self.judge_max_new_tokens = judge_max_new_tokens
         self.max_solution_chars = max_solution_chars
         self.trust_remote_code = trust_remote_code
-        self.cache = open_cache(cache)
+        self.cache = open_cache(cache, model=self.model_name, prompts=prompt_version())
+        self.context_length = context_length
+        self._context: int | None = context_length
         self._model: Any = None
         self._tokenizer: Any = None
         self._load()  # a wrong path or missing weights fail here, when the env is built
+        self.verifier = ClassifierVerifier(verifier, device=device) if verifier else None
+        self.observation_groups = verifier_groups(self.verifier)
 
     def __repr__(self) -> str:
         return (
@@ -155,6 +196,7 @@ class HFBackend:
         self._eos = self._eos_ids(model, tokenizer)
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos[0]
         self._has_template = bool(getattr(tokenizer, "chat_template", None))
+        self._context = self.context_length or _context_size(model.config, tokenizer)
         self._model, self._tokenizer = model, tokenizer
 
     @staticmethod
@@ -205,16 +247,21 @@ class HFBackend:
     def _answer(self, requests: Sequence[SolveRequest | RefineRequest]) -> list[Solution]:
         if not requests:
             return []
-        prompts = [self.render(request_messages(r, self.max_solution_chars)) for r in requests]
+        prompts = [self._prompt(r) for r in requests]
         gens = self.generate(prompts, [r.seed for r in requests])
         solutions = [self.build_solution(r.task.kind, g) for r, g in zip(requests, gens)]
         if self.judge:
             solutions = self._judge([r.task for r in requests], solutions)
-        return solutions
+        return score_solutions(self.verifier, requests, solutions)
 
     def _judge(self, tasks: Sequence[Task], solutions: list[Solution]) -> list[Solution]:
         prompts = [
-            self.render(judge_messages(t, s, self.max_solution_chars))
+            self._fitted(
+                functools.partial(judge_messages, t, s, self.max_solution_chars),
+                longest_text([s]),
+                self.judge_max_new_tokens,
+                f"the judge prompt of task {t.id!r}",
+            )
             for t, s in zip(tasks, solutions)
         ]
         gens = self.generate(
@@ -224,6 +271,59 @@ class HFBackend:
             with_judge(s, g.text, g.prompt_tokens, g.completion_tokens)
             for s, g in zip(solutions, gens)
         ]
+
+    # ------------------------------------------------------------------ context window
+    @property
+    def context_size(self) -> int | None:
+        """Tokens the model attends to (prompt + reply); None when unknown (no limit)."""
+        if self._model is None:
+            self._load()
+        return self._context
+
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens of a rendered prompt, as `generate` encodes it."""
+        return len(self.tokenizer(prompt, add_special_tokens=not self._has_template)["input_ids"])
+
+    def _prompt(self, r: SolveRequest | RefineRequest) -> str:
+        """The rendered prompt of `r`, its quoted solutions cut when the context needs it."""
+        what = f"the prompt of task {r.task.id!r}"
+        if isinstance(r, RefineRequest):
+            return self._fitted(
+                lambda keep: refine_messages(
+                    r.task, r.agent, r.own, r.peers, self.max_solution_chars, keep
+                ),
+                longest_text([r.own, *r.peers]),
+                self.max_new_tokens,
+                what,
+            )
+        return self._fitted(
+            lambda keep: request_messages(r, self.max_solution_chars), 0, self.max_new_tokens, what
+        )
+
+    def _fitted(
+        self, build: Callable[[int | None], list[Message]], longest: int, max_new: int, what: str
+    ) -> str:
+        """``render(build(keep))`` with quoted solutions cut (keep) to leave `max_new`
+        tokens of room; checks that at least `MIN_REPLY_TOKENS` (or `max_new`) remain."""
+        context = self.context_size
+        if context is None:
+            return self.render(build(None))
+        room = context - max_new
+        messages, _ = fit_messages(
+            build, lambda m: self.count_tokens(self.render(m)) <= room, longest
+        )
+        prompt = self.render(messages)
+        left = context - self.count_tokens(prompt)
+        if left < min(max_new, MIN_REPLY_TOKENS):
+            raise ContextWindowError(
+                f"{what} takes {context - left} tokens"
+                f"{' with every quoted solution cut to its final answer' if longest else ''}"
+                f", but {self.model_name!r} has a context of {context} tokens: that leaves "
+                f"{max(left, 0)} for the reply (at least {min(max_new, MIN_REPLY_TOKENS)} "
+                "needed). Use a model with a longer context or shorter questions "
+                "(context_length= overrides a wrong config value)"
+            )
+        return prompt
 
     # ------------------------------------------------------------------ building blocks
     def render(self, messages: Sequence[Message]) -> str:
@@ -265,21 +365,24 @@ class HFBackend:
         """Complete every prompt (rendered strings), `batch_size` rows per ``generate`` call.
 
         Prompts are sorted by length so batches pad little; each row samples with its own
-        seed, so the result of a prompt does not depend on the others.
+        seed, so the result of a prompt does not depend on the others. A prompt too long
+        to leave `max_new_tokens` within the context gets what is left (rows of equal
+        budgets share batches); one that leaves none raises `ContextWindowError`.
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         temp = self.temperature if temperature is None else temperature
         size = self.batch_size if batch_size is None else batch_size
+        budgets = self._budgets(prompts, max_new)
         if self.cache is None:
-            return self._generate_uncached(prompts, seeds, max_new, temp, size)
+            return self._generate_uncached(prompts, seeds, budgets, temp, size)
         # Only the misses are generated (in one batched pass); fresh and replayed
         # completions both come back through JSON, so a replay is bit-identical.
         fields = [
             {"backend": "hf", "model": self.model_name, "prompt": p, "seed": int(seed),
-             "max_new_tokens": max_new, "temperature": temp, "top_p": self.top_p}
-            for p, seed in zip(prompts, seeds)
+             "max_new_tokens": budget, "temperature": temp, "top_p": self.top_p}
+            for p, seed, budget in zip(prompts, seeds, budgets)
         ]  # fmt: skip
         dicts = cached_batch(
             self.cache,
@@ -287,7 +390,11 @@ class HFBackend:
             lambda idx: [
                 dataclasses.asdict(g)
                 for g in self._generate_uncached(
-                    [prompts[i] for i in idx], [seeds[i] for i in idx], max_new, temp, size
+                    [prompts[i] for i in idx],
+                    [seeds[i] for i in idx],
+                    [budgets[i] for i in idx],
+                    temp,
+                    size,
                 )
             ],
         )
@@ -297,26 +404,65 @@ class HFBackend:
             for d in dicts
         ]  # fmt: skip
 
+    def _budgets(self, prompts: Sequence[str], max_new: int) -> list[int]:
+        """Each prompt's reply budget: `max_new`, or what the context leaves of it."""
+        context = self.context_size
+        if context is None:
+            return [max_new] * len(prompts)
+        budgets = []
+        for prompt in prompts:
+            n = self.count_tokens(prompt)
+            if n >= context:
+                raise ContextWindowError(
+                    f"a prompt of {n} tokens leaves no room for a reply in the {context}-token "
+                    f"context of {self.model_name!r}: shorten it"
+                )
+            budgets.append(min(max_new, context - n))
+        return budgets
+
     def _generate_uncached(
-        self, prompts: Sequence[str], seeds: Sequence[int], max_new: int, temp: float, size: int
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        budgets: Sequence[int],
+        temp: float,
+        size: int,
     ) -> list[Generation]:
         encoded = self.tokenizer(list(prompts), add_special_tokens=not self._has_template)[
             "input_ids"
         ]
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        # Longest budget first, then shortest prompt: a batch holds one budget, so each
+        # row's positions stay inside the context (finished rows keep stepping until the
+        # batch ends) and no row's length depends on its batch.
+        order = sorted(range(len(prompts)), key=lambda i: (-budgets[i], len(encoded[i])))
         out: list[Generation | None] = [None] * len(prompts)
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            sampler = SeededSampler([seeds[i] for i in rows], temp, self.top_p)
-            gens = hf_generation.generate_batch(
-                self.model,
-                self.tokenizer,
-                [encoded[i] for i in rows],
-                sampler,
-                self._generation_config(max_new),
-                self._eos,
-                self._pad,
-            )
-            for i, gen in zip(rows, gens):
-                out[i] = gen
+        for _, group in itertools.groupby(order, key=lambda i: budgets[i]):
+            same = list(group)
+            for start in range(0, len(same), size):
+                rows = same[start : start + size]
+                sampler = SeededSampler([seeds[i] for i in rows], temp, self.top_p)
+                gens = hf_generation.generate_batch(
+                    self.model,
+                    self.tokenizer,
+                    [encoded[i] for i in rows],
+                    sampler,
+                    self._generation_config(budgets[rows[0]]),
+                    self._eos,
+                    self._pad,
+                )
+                for i, gen in zip(rows, gens):
+                    out[i] = gen
         return cast("list[Generation]", out)  # every row is in one batch
+
+
+def _context_size(config: Any, tokenizer: Any) -> int | None:
+    """The context size a model config (else its tokenizer) declares; None if neither does."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in _CONTEXT_KEYS:
+        value = getattr(text_config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _NO_LIMIT:
+        return limit
+    return None

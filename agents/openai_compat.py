@@ -15,7 +15,18 @@ backend is called from plain sync code and from notebooks whose event loop is al
 running alike. Transient failures (HTTP 429 and 5xx, timeouts, dropped connections,
 malformed replies) are retried with exponential back-off and jitter, honouring
 ``Retry-After``; once the retries are spent the call raises `OpenAIBackendError`, naming
-the endpoint, the status and the fix. With ``cache=PATH`` every completion is committed to
+the endpoint, the status and the fix. `stats()` counts attempts, retries by kind and
+requests lost.
+
+Context window. When the server answers that a request is longer than its context
+(HTTP 400 in vLLM's, SGLang's, OpenAI's or llama.cpp's words), the request is sent once
+more with its quoted solutions cut to fit (`agents.prompts.fit_messages`, sized from the
+context and prompt tokens the message gives, at the prompt's own characters per token,
+with a margin) and, when even the answers-only prompt leaves less than `max_tokens`,
+with `max_tokens` lowered to what is left. The reply is cached under the request as it was
+asked, so a re-run replays it. A prompt that does not fit even so, or a second context
+error, raises `OpenAIContextError` (an `OpenAIBackendError` and an
+`agents.prompts.ContextWindowError`). With ``cache=PATH`` every completion is committed to
 an `agents.cache.ResponseCache` as it arrives, so a re-run replays them without calling
 the server and resumes an interrupted run where it stopped.
 
@@ -29,13 +40,16 @@ the backend, printed in its repr, pickled, or put into an error message.
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from agents.cache import ResponseCache, open_cache, request_key
+from agents.cache import ResponseCache, open_cache, prompt_version, request_key
 from agents.openai_replies import (
     Completion,
     answer_logprob_confidence,
@@ -45,14 +59,25 @@ from agents.openai_replies import (
 from agents.openai_transport import (
     LOAD_BALANCING,
     RETRY_STATUS,
+    ContextLimit,
     OpenAIBackendError,
     Retry,
     Runner,
     backoff_delay,
 )
-from agents.prompts import MAX_SOLUTION_CHARS, Message, judge_messages
+from agents.prompts import (
+    MAX_SOLUTION_CHARS,
+    MIN_REPLY_TOKENS,
+    ContextWindowError,
+    Message,
+    fit_messages,
+    judge_messages,
+    longest_text,
+    refine_messages,
+)
 from agents.records import record_from_call
 from agents.text_backend import check_int, check_sampling, request_messages
+from agents.verifier import JudgeVerifier, score_solutions, verifier_groups
 from deliberation_env.protocol import RefineRequest, Solution, SolveRequest
 
 __all__ = [
@@ -60,10 +85,21 @@ __all__ = [
     "RETRY_STATUS",
     "OpenAIBackend",
     "OpenAIBackendError",
+    "OpenAIContextError",
     "answer_logprob_confidence",
 ]
 
 _RUNNER_LOCK = threading.Lock()
+_TOKENS_PER_CHAR = 1 / 3
+"""Prompt tokens per character when the server's message gives no prompt size (a cautious
+guess: English text runs at about 1/4 with the usual tokenizers)."""
+
+Builder = Callable[[int | None], list[Message]]
+"""A request's messages with its quoted solutions cut to ``keep`` characters (None: uncut)."""
+
+
+class OpenAIContextError(OpenAIBackendError, ContextWindowError):
+    """A request the server's context cannot hold, even with its quoted solutions cut."""
 
 
 class OpenAIBackend:
@@ -94,6 +130,8 @@ class OpenAIBackend:
         cache: a path or `agents.cache.ResponseCache`: record completions and replay them.
         extra_body: more JSON fields for every request (e.g. vLLM's ``{"top_k": 20}``).
         max_solution_chars: quoted solutions in refine and judge prompts are cut to this.
+        verifier_model: a judge model on the same server(s) that scores every solution
+            (`agents.verifier.JudgeVerifier`; H8); None: no verifier.
     """
 
     def __init__(
@@ -118,7 +156,10 @@ class OpenAIBackend:
         cache: ResponseCache | str | os.PathLike[str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         max_solution_chars: int = MAX_SOLUTION_CHARS,
+        verifier_model: str | None = None,
     ) -> None:
+        self.verifier = None if verifier_model is None else JudgeVerifier(verifier_model)
+        self.observation_groups = verifier_groups(self.verifier)
         self.base_urls = _checked_urls(model, base_url)
         for name, count, low in (
             ("max_concurrency", max_concurrency, 1),
@@ -147,12 +188,18 @@ class OpenAIBackend:
         self.judge = bool(judge)
         self.judge_max_tokens = judge_max_tokens
         self.load_balance = load_balance
-        self.cache = open_cache(cache)
+        self.cache = open_cache(cache, model=self.model, prompts=prompt_version())
         self.extra_body = dict(extra_body or {})
         self.max_solution_chars = max_solution_chars
         self.http_requests = 0
         """HTTP attempts sent by this process (retries included)."""
         self.retries = 0
+        """Attempts repeated after a transient failure (`retry_kinds` says which)."""
+        self.retry_kinds: Counter[str] = Counter()
+        self.context_retries = 0
+        """Requests sent again shortened after a context-length error."""
+        self.lost = 0
+        """Requests of failed calls that got no completion."""
         self._runner: Runner | None = None
 
     def __repr__(self) -> str:
@@ -174,8 +221,15 @@ class OpenAIBackend:
             runner.close()
 
     def stats(self) -> dict[str, Any]:
-        """HTTP requests and retries sent by this process, and the cache's `stats()`."""
-        out: dict[str, Any] = {"http_requests": self.http_requests, "retries": self.retries}
+        """HTTP requests, retries (by kind), context re-sends and lost requests of this
+        process, and the cache's `stats()`."""
+        out: dict[str, Any] = {
+            "http_requests": self.http_requests,
+            "retries": self.retries,
+            "retry_kinds": dict(self.retry_kinds),
+            "context_retries": self.context_retries,
+            "lost": self.lost,
+        }
         if self.cache is not None:
             out["cache"] = self.cache.stats()
         return out
@@ -214,13 +268,14 @@ class OpenAIBackend:
             return []
         bodies = [self.body(request_messages(r, self.max_solution_chars), r.seed) for r in requests]
         keys = [request_key(b) for b in bodies]
-        completions = self._complete(bodies, keys)
+        completions = self._complete(bodies, keys, [self._builder(r) for r in requests])
         solutions = [
             reply_solution(r.task, c, b["messages"])
             for r, c, b in zip(requests, completions, bodies)
         ]
         if self.judge:
             solutions = self._judged(requests, solutions)
+        solutions = score_solutions(self.verifier, requests, solutions, self)
         if self.cache is not None:
             # Records for SimulatedBackend.fit, written once per solution (a replay would
             # only verify the same answers again).
@@ -245,19 +300,43 @@ class OpenAIBackend:
             )
             for r, s in zip(requests, solutions)
         ]
-        graded = self._complete(bodies, [request_key(b) for b in bodies])
+        builders = [
+            (functools.partial(judge_messages, r.task, s, self.max_solution_chars), len(s.text))
+            for r, s in zip(requests, solutions)
+        ]
+        graded = self._complete(bodies, [request_key(b) for b in bodies], builders)
         return [judged_solution(s, g, b["messages"]) for s, g, b in zip(solutions, graded, bodies)]
 
-    def _complete(self, bodies: list[dict], keys: list[str]) -> list[Completion]:
+    def _builder(self, r: SolveRequest | RefineRequest) -> tuple[Builder, int] | None:
+        """How to cut the quoted solutions of `r` (with the longest one's length)."""
+        if not isinstance(r, RefineRequest):
+            return None
+        build = functools.partial(
+            refine_messages, r.task, r.agent, r.own, r.peers, self.max_solution_chars
+        )
+        return build, longest_text([r.own, *r.peers])
+
+    def _complete(
+        self,
+        bodies: list[dict],
+        keys: list[str],
+        builders: Sequence[tuple[Builder, int] | None] | None = None,
+    ) -> list[Completion]:
         """Completions of `bodies`, from the cache where it has them, else from the server."""
         out: list[Completion | None] = [None] * len(bodies)
+        builders = builders or [None] * len(bodies)
         if self.cache is not None:
             out = [self.cache.get(k) for k in keys]
         todo = [i for i, c in enumerate(out) if c is None]
         if todo:
             runner = self._get_runner()
             fetched = runner.run(
-                self._fetch_all(runner, [bodies[i] for i in todo], [keys[i] for i in todo])
+                self._fetch_all(
+                    runner,
+                    [bodies[i] for i in todo],
+                    [keys[i] for i in todo],
+                    [builders[i] for i in todo],
+                )
             )
             for i, completion in zip(todo, fetched):
                 out[i] = completion
@@ -277,7 +356,13 @@ class OpenAIBackend:
                 )
             return self._runner
 
-    async def _fetch_all(self, st: Runner, bodies: list[dict], keys: list[str]) -> list[Completion]:
+    async def _fetch_all(
+        self,
+        st: Runner,
+        bodies: list[dict],
+        keys: list[str],
+        builders: Sequence[tuple[Builder, int] | None],
+    ) -> list[Completion]:
         failures: list[OpenAIBackendError] = []
         done = 0
 
@@ -287,7 +372,7 @@ class OpenAIBackend:
                 if failures:  # fail fast: start nothing new once a request failed for good
                     return None
                 try:
-                    completion = await self._fetch_one(st, bodies[i])
+                    completion = await self._fetch_one(st, bodies[i], builders[i])
                 except OpenAIBackendError as err:
                     failures.append(err)
                     return None
@@ -304,24 +389,41 @@ class OpenAIBackend:
                 if self.cache is not None
                 else "pass cache=PATH so that a re-run resumes instead of starting over"
             )
-            raise OpenAIBackendError(f"{failures[0]} ({where})") from None
+            self.lost += len(bodies) - done
+            raise type(failures[0])(f"{failures[0]} ({where})") from None
         return cast("list[Completion]", results)  # None only where a request failed
 
-    async def _fetch_one(self, st: Runner, body: dict) -> Completion:
-        """One completion, retried with back-off on transient failures."""
+    async def _fetch_one(
+        self, st: Runner, body: dict, builder: tuple[Builder, int] | None = None
+    ) -> Completion:
+        """One completion, retried with back-off on transient failures, and sent once more
+        shortened after a context-length error."""
         url: str | None = None
         failure = Retry("")
         attempts = self.max_retries + 1
-        for attempt in range(attempts):
+        attempt = 0
+        refitted = False
+        while attempt < attempts:
             url = st.pick(avoid=url)
             self.http_requests += 1
             result = await st.attempt(url, body)
+            if isinstance(result, ContextLimit):
+                shorter = None if refitted else self._refit(body, result, builder)
+                if shorter is None:
+                    raise self._context_error(url, result, builder is not None, refitted)
+                body, refitted = shorter, True
+                self.context_retries += 1
+                continue  # not a transient failure: no back-off, no retry spent
             if not isinstance(result, Retry):
                 return result
             failure = result
-            if attempt + 1 < attempts:
+            attempt += 1
+            if attempt < attempts:
                 self.retries += 1
-                delay = backoff_delay(attempt, result.retry_after, self.backoff, self.max_backoff)
+                self.retry_kinds[result.kind] += 1
+                delay = backoff_delay(
+                    attempt - 1, result.retry_after, self.backoff, self.max_backoff
+                )
                 await asyncio.sleep(delay)
         raise OpenAIBackendError(
             f"{url}: {failure.problem}, after {attempts} attempts "
@@ -330,6 +432,56 @@ class OpenAIBackend:
             f"(curl {url}/models); if it is overloaded, lower max_concurrency or raise "
             f"timeout / max_retries"
         )
+
+    def _refit(
+        self, body: dict, limit: ContextLimit, builder: tuple[Builder, int] | None
+    ) -> dict | None:
+        """`body` cut to fit the context `limit` reports, or None when it cannot fit.
+
+        Token counts are estimated at the characters per token of the rejected prompt (its
+        size from the server's message), with a margin of 2% + 8 tokens.
+        """
+        max_tokens = int(body.get("max_tokens") or self.max_tokens)
+        chars = _chars(body["messages"])
+        per_char = (
+            limit.prompt_tokens / chars if limit.prompt_tokens and chars else _TOKENS_PER_CHAR
+        )
+        if limit.context_tokens is None:  # sizes unknown: quote the answers only
+            return None if builder is None else {**body, "messages": builder[0](0)}
+        room = limit.context_tokens - (8 + limit.context_tokens // 50)
+
+        def estimate(messages: list[Message]) -> int:
+            return math.ceil(_chars(messages) * per_char)
+
+        messages = body["messages"]
+        if builder is not None:
+            messages, _ = fit_messages(
+                builder[0], lambda m: estimate(m) + max_tokens <= room, builder[1]
+            )
+        reply = min(max_tokens, room - estimate(messages))
+        if reply < min(max_tokens, MIN_REPLY_TOKENS):
+            return None
+        return {**body, "messages": messages, "max_tokens": reply}
+
+    def _context_error(
+        self, url: str, limit: ContextLimit, cuttable: bool, refitted: bool
+    ) -> OpenAIContextError:
+        how = (
+            "after one re-send with shortened prompt"
+            if refitted
+            else "even with every quoted solution cut to its final answer"
+            if cuttable
+            else "even with a lower max_tokens"
+        )
+        return OpenAIContextError(
+            f"{url}: the request does not fit the context of model {self.model!r} {how} "
+            f"({limit.problem[:300]}). Serve the model with a longer context (vLLM: "
+            f"--max-model-len), use shorter questions, or lower max_tokens={self.max_tokens}"
+        )
+
+
+def _chars(messages: Sequence[Mapping[str, Any]]) -> int:
+    return sum(len(str(m.get("content") or "")) for m in messages)
 
 
 def _checked_urls(model: str, base_url: str | Sequence[str]) -> tuple[str, ...]:

@@ -6,6 +6,25 @@ The loop runs in its own daemon thread, so the backend is called from plain sync
 from notebooks whose event loop is already running alike. The API key is read from the
 environment when a `Runner` is made; it lives only in the client's headers and is masked
 (`Runner.scrub`) in every text a server sends back.
+
+What each failure of one attempt becomes (`Runner.attempt`):
+
+=====================================  =================================================
+failure                                result
+=====================================  =================================================
+HTTP 429 (``Retry-After`` honoured),   `Retry` (kind ``"429"`` / ``"5xx"`` / ``"408"``...)
+408/409/425, any 5xx
+no reply within ``timeout`` (httpx's   `Retry` (kind ``"timeout"``)
+``TimeoutException`` family)
+refused / reset / dropped connection,  `Retry` (kind ``"connection"``; httpx's
+a body cut short                       ``TransportError`` family)
+HTTP 200 that is not a completion      `Retry` (kind ``"malformed"``)
+(bad JSON, no choices, ...)
+HTTP 400/413/422 saying the context    `ContextLimit`, with the sizes the message gives
+is too small (vLLM, SGLang, OpenAI,    (`context_limit`): the backend re-sends once with
+llama.cpp phrasings)                   shortened peers
+any other 4xx                          `OpenAIBackendError` at once, with the fix
+=====================================  =================================================
 """
 
 from __future__ import annotations
@@ -15,6 +34,7 @@ import contextlib
 import email.utils
 import os
 import random
+import re
 import threading
 import time
 import weakref
@@ -29,10 +49,12 @@ from agents.openai_replies import Completion, parse_completion
 __all__ = [
     "LOAD_BALANCING",
     "RETRY_STATUS",
+    "ContextLimit",
     "OpenAIBackendError",
     "Retry",
     "Runner",
     "backoff_delay",
+    "context_limit",
 ]
 
 LOAD_BALANCING = ("least_outstanding", "round_robin")
@@ -50,6 +72,80 @@ class Retry:
 
     problem: str
     retry_after: float | None = None
+    kind: str = "other"
+    """``"429"``, ``"5xx"``, another retried status, ``"timeout"``, ``"connection"`` or
+    ``"malformed"`` (the backend counts retries by kind)."""
+
+
+@dataclass(frozen=True)
+class ContextLimit:
+    """A request the server rejected as too long for its context, with the sizes it gave."""
+
+    problem: str
+    context_tokens: int | None = None
+    """The model's context (prompt + completion), when the message says."""
+    prompt_tokens: int | None = None
+    """The request's prompt tokens, when the message says."""
+
+
+CONTEXT_STATUS = frozenset({400, 413, 422})
+"""Statuses a server uses for a request longer than its context."""
+
+_CONTEXT_RE = re.compile(
+    r"context[ _]length|context size|context window|context limit|maximum model length"
+    r"|max_model_len|too many tokens|prompt is too long|input is too long",
+    re.IGNORECASE,
+)
+_CONTEXT_SIZE_RE = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"maximum context length (?:is|of) (\d+)",  # OpenAI, vLLM, SGLang
+        r"maximum model length (?:is |of )?(\d+)",  # vLLM engine check
+        r"context length \((\d+) tokens\)",  # SGLang
+        r"context (?:limit|size|window)(?: is| of)?:? (\d+)",
+        r"\"n_ctx\"\s*:\s*(\d+)",  # llama.cpp
+    )
+]
+_PROMPT_SIZE_RE = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"(\d+) (?:tokens )?in the messages",  # vLLM (older), OpenAI
+        r"(\d+) tokens from the input",  # SGLang
+        r"prompt contains (?:at least )?(\d+) input tokens",  # vLLM
+        r"request has (\d+) input tokens",  # vLLM
+        r"messages resulted in (\d+) tokens",  # OpenAI
+        r"prompt \(length (\d+)\)",  # vLLM engine check
+        r"input \((\d+) tokens\)",  # SGLang
+        r"\"n_prompt_tokens\"\s*:\s*(\d+)",  # llama.cpp
+    )
+]
+
+
+def context_limit(status: int, text: str) -> ContextLimit | None:
+    """The `ContextLimit` of an error reply that says the request exceeds the context.
+
+    Recognises the phrasings of vLLM ("This model's maximum context length is 2048 tokens.
+    However, you requested 2100 tokens (1076 in the messages, 1024 in the completion)",
+    "... your prompt contains at least 1100 input tokens ...", "The decoder prompt (length
+    3000) is longer than the maximum model length of 2048"), SGLang, OpenAI
+    (``context_length_exceeded``) and llama.cpp (``exceed_context_size_error`` with
+    ``n_ctx`` / ``n_prompt_tokens``); None for any other reply.
+    """
+    if status not in CONTEXT_STATUS or not (
+        _CONTEXT_RE.search(text) or "exceed_context_size" in text
+    ):
+        return None
+
+    def first(patterns: list[re.Pattern[str]]) -> int | None:
+        for pattern in patterns:
+            found = pattern.search(text)
+            if found:
+                return int(found.group(1))
+        return None
+
+    return ContextLimit(
+        f"HTTP {status}: {text[:300]}", first(_CONTEXT_SIZE_RE), first(_PROMPT_SIZE_RE)
+    )
 
 
 class Runner:
@@ -131,8 +227,9 @@ class Runner:
         """`text` with the API key masked (a server may echo request headers)."""
         return text.replace(self._secret, "***") if self._secret else text
 
-    async def attempt(self, url: str, body: dict) -> Completion | Retry:
-        """One POST of `body` to `url`: the completion, or a `Retry` for a transient failure.
+    async def attempt(self, url: str, body: dict) -> Completion | Retry | ContextLimit:
+        """One POST of `body` to `url`: the completion, a `Retry` for a transient failure,
+        or a `ContextLimit` when the request is too long for the server's context.
 
         Raises `OpenAIBackendError` at once for a status that a retry cannot fix (a 4xx
         other than `RETRY_STATUS`).
@@ -142,25 +239,34 @@ class Runner:
             resp = await self.client.post(f"{url}/chat/completions", json=body)
         except httpx.TimeoutException as err:
             return Retry(
-                f"no reply within the timeout ({type(err).__name__}, timeout={self.timeout}s)"
+                f"no reply within the timeout ({type(err).__name__}, timeout={self.timeout}s)",
+                kind="timeout",
             )
         except httpx.TransportError as err:
-            return Retry(f"connection error ({type(err).__name__}: {self.scrub(str(err))})")
+            return Retry(
+                f"connection error ({type(err).__name__}: {self.scrub(str(err))})",
+                kind="connection",
+            )
         finally:
             self.outstanding[url] -= 1
         status = resp.status_code
         if status == 200:
             try:
                 return parse_completion(resp.json())
-            except (ValueError, KeyError, TypeError, IndexError) as err:
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
                 return Retry(
-                    f"malformed reply ({type(err).__name__}: {self.scrub(str(err))[:200]})"
+                    f"malformed reply ({type(err).__name__}: {self.scrub(str(err))[:200]})",
+                    kind="malformed",
                 )
         if status in RETRY_STATUS or status >= 500:
             return Retry(
                 f"HTTP {status}: {self.scrub(resp.text)[:300]}",
                 _retry_after(resp.headers.get("retry-after")),
+                kind="5xx" if status >= 500 else str(status),
             )
+        limit = context_limit(status, self.scrub(resp.text))
+        if limit is not None:
+            return limit
         raise OpenAIBackendError(
             f"{url}: HTTP {status} for model {self.model!r}: "
             f"{self.scrub(resp.text)[:300]}. {_fix_for(status, self.api_key_env)}"

@@ -10,6 +10,13 @@ reachable as ``"...@v1"``) use the REFINE model of ``Deliberation-v1``, calibrat
 measured debate transcripts of section H (`section_h_rates`). Their ``@v0`` twins
 (``"llama3.1-8b/gsm8k@v0"``) keep ``Deliberation-v0``'s literature-derived model, number
 for number, so published results can be reproduced. ``toy`` is the same in both.
+
+The correctness signal is an axis. Every backbone x benchmark comes in two named variants:
+``"llama3.1-8b/gsm8k/self"`` (the same profile as ``"llama3.1-8b/gsm8k"``: the only
+correctness signals are the model's own, judge AUROC 0.62) and
+``"llama3.1-8b/gsm8k/verifier"`` (plus a trained verifier's score of every solution, with
+the AUROC `verifier_auroc_from_best_of_n` derives from a published Best-of-N gain,
+`VERIFIER_AUROC`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
+from scipy.optimize import brentq
+from scipy.special import ndtr, ndtri
+from scipy.stats import beta as beta_dist
+
+from deliberation_env.config import check_profile
 
 RefineModel = Literal["v0", "v1"]
 """`SimProfile.refine_model`: which REFINE transition model the simulator plays."""
@@ -251,6 +263,10 @@ class SimProfile:
     self_mean: float = 0.9
     judge_auroc: float = 0.62
     logprob_auroc: float = 0.60
+    verifier_auroc: float | None = None
+    """AUROC of a trained verifier's score of each solution (``verifier_score``); None: no
+    verifier (the observation has no verifier features). The ``.../verifier`` profiles set
+    `VERIFIER_AUROC` (DERIVED from Best-of-N gains, `verifier_auroc_from_best_of_n`)."""
     completion_tokens: float = 250.0
     token_sigma: float = 0.4
     question_tokens: float = 60.0
@@ -268,6 +284,12 @@ class SimProfile:
                 f"profile {self.name!r}: refine_model={self.refine_model!r} is not one of "
                 f"{VERSIONS}"
             )
+        if self.verifier_auroc is not None and not 0.5 <= self.verifier_auroc < 1.0:
+            raise ValueError(
+                f"profile {self.name!r}: verifier_auroc={self.verifier_auroc} must lie in "
+                "[0.5, 1) (or be None: no verifier)"
+            )
+        check_profile(self)
 
     def with_(self, **changes: Any) -> SimProfile:
         """A copy with some parameters changed (for ablations and `fit`)."""
@@ -312,10 +334,127 @@ def _make_v0(backbone: str, benchmark: str) -> SimProfile:
     )
 
 
+# ---------------------------------------------------------------------- verifier (signal axis)
+def best_of_n_accuracy(
+    auroc: float, base_acc: float, n: int, concentration: float | None = 2.0
+) -> float:
+    """Accuracy of picking the top-scored of `n` sampled solutions (Best-of-N).
+
+    The model the simulator plays: per question a correctness probability ``p ~
+    Beta(base_acc * concentration, (1 - base_acc) * concentration)`` (a fixed ``p =
+    base_acc`` when `concentration` is None), `n` solutions each right with probability
+    ``p``, and scores drawn independently given correctness from the binormal model of
+    AUROC `auroc` (right ~ N(d, 1), wrong ~ N(0, 1), ``auroc = Phi(d / sqrt 2)``). The
+    highest of `n` iid scores is a right one with probability ``int n p phi(x - d) F(x)^(n-1)
+    dx``, ``F = p Phi(x - d) + (1 - p) Phi(x)``; computed by quadrature (midpoint in the
+    Beta's quantiles, trapezoid in x).
+    """
+    d = float(np.sqrt(2.0) * ndtri(auroc))
+    if concentration is None:
+        p = np.array([base_acc])
+    else:
+        u = (np.arange(256) + 0.5) / 256
+        p = beta_dist.ppf(u, base_acc * concentration, (1 - base_acc) * concentration)
+    x = np.linspace(-7.0, 7.0 + d, 1201)[None, :]
+    q = p[:, None]
+    mix = q * ndtr(x - d) + (1 - q) * ndtr(x)
+    density = n * q * np.exp(-0.5 * (x - d) ** 2) / np.sqrt(2 * np.pi) * mix ** (n - 1)
+    return float(np.trapezoid(density, x, axis=1).mean())
+
+
+def verifier_auroc_from_best_of_n(
+    base_acc: float, best_acc: float, n: int, concentration: float | None = 2.0
+) -> float:
+    """The verifier AUROC at which Best-of-`n` selection turns single-sample accuracy
+    `base_acc` into `best_acc` (`best_of_n_accuracy`, root found with Brent's method).
+
+    Verifier papers report Best-of-N gains, not AUROCs (calibration.md E); this inverts the
+    selection model. With `concentration` the questions differ in difficulty as in the
+    simulator (the profiles' Beta concentration, 2), so some have no right solution among
+    `n` and `best_acc` must stay below that ceiling, ``1 - E[(1 - p)^n]``.
+    """
+    ceiling = best_of_n_accuracy(0.99999, base_acc, n, concentration)
+    if not base_acc < best_acc < ceiling:
+        raise ValueError(
+            f"Best-of-{n} accuracy {best_acc} must lie between the single-sample accuracy "
+            f"{base_acc} and the ceiling {ceiling:.4f} (a question with no right solution "
+            "stays wrong)"
+        )
+    return float(
+        brentq(
+            lambda a: best_of_n_accuracy(a, base_acc, n, concentration) - best_acc,
+            0.5,
+            0.99999,
+            xtol=1e-6,
+        )
+    )
+
+
+BEST_OF_N: dict[str, tuple[float, float, int]] = {
+    "gsm8k": (0.730, 0.934, 32),
+    "math": (0.280, 0.446, 32),
+}
+"""Published Best-of-N gains of a trained verifier, ``(single-sample accuracy, Best-of-N
+accuracy, N)``: GenRM on GSM8K 73.0% -> 93.4% and on MATH (easy-to-hard transfer) 28.0% ->
+44.6%, Best-of-32 (Zhang et al., "Generative Verifiers", arXiv 2408.15240; calibration.md E)."""
+
+VERIFIER_SOURCE: dict[str, str] = {
+    "gsm8k": "gsm8k",
+    "math": "math",
+    "aime": "math",
+    "amc": "math",
+    "mmlu": "gsm8k",
+    "humaneval": "gsm8k",
+}
+"""The `BEST_OF_N` figure each benchmark's verifier is derived from: its own where one is
+published (GSM8K, MATH), else the nearest (DERIVED): competition maths (AIME, AMC) take
+MATH's; MMLU and HumanEval take GSM8K's, an in-distribution verifier's."""
+
+VERIFIER_AUROC: dict[str, float] = {"gsm8k": 0.777, "math": 0.655}
+"""DERIVED: ``verifier_auroc_from_best_of_n(*BEST_OF_N[b], concentration=2.0)`` rounded to
+3 decimals (tests/test_simulated.py recomputes them): the AUROC at which Best-of-32 over the
+simulator's questions (Beta concentration 2, as every profile) reproduces the published gain.
+Without difficulty heterogeneity (a fixed p) the same gains need only 0.699 / 0.600."""
+
+
+def _with_verifier(profile: SimProfile, benchmark: str) -> SimProfile:
+    src = VERIFIER_SOURCE[benchmark]
+    base, best, n = BEST_OF_N[src]
+    note = (
+        "" if src == benchmark else f"; no published figure for {benchmark}: {src}'s, the nearest"
+    )
+    return profile.with_(
+        name=f"{profile.name}/verifier",
+        verifier_auroc=VERIFIER_AUROC[src],
+        sources={
+            **profile.sources,
+            "verifier_auroc": f"DERIVED {VERIFIER_AUROC[src]}: the AUROC at which Best-of-{n} "
+            f"selection over simulated solutions (concentration 2) turns {base:.1%} into "
+            f"{best:.1%}, GenRM's published gain on {src} (calibration.md E, arXiv 2408.15240; "
+            f"agents.profiles.verifier_auroc_from_best_of_n){note}",
+        },
+    )
+
+
 PROFILES: dict[str, SimProfile] = {
     f"{bb}/{bm}": _make(bb, bm) for bb in BACKBONES for bm in BENCHMARKS
 }
 PROFILES.update({f"{bb}/{bm}@v0": _make_v0(bb, bm) for bb in BACKBONES for bm in BENCHMARKS})
+# The signal axis: `/self` is the profile as it is (own signals only), `/verifier` adds one.
+PROFILES.update(
+    {
+        f"{bb}/{bm}/self": PROFILES[f"{bb}/{bm}"].with_(name=f"{bb}/{bm}/self")
+        for bb in BACKBONES
+        for bm in BENCHMARKS
+    }
+)
+PROFILES.update(
+    {
+        f"{bb}/{bm}/verifier": _with_verifier(PROFILES[f"{bb}/{bm}"], bm)
+        for bb in BACKBONES
+        for bm in BENCHMARKS
+    }
+)
 
 PROFILES["toy"] = SimProfile(
     name="toy",

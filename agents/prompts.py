@@ -18,25 +18,41 @@ Solutions are quoted as untrusted data inside ``<solution agent=K untrusted>`` .
 (``<`` -> ``&lt;``), so a solution cannot close its own block or forge another. The
 parser (`agents.parsing`) only ever reads the model's own completion, and drops any such
 block the model echoes back.
+
+Context windows (`fit_messages`). When a refine or judge prompt plus the reply budget does
+not fit the model's context, the backends ask for the prompt again with every quoted
+solution cut (`cut_solution`) to the longest tail that fits: the end of the reasoning and
+the final answer are kept (a solution's answer line is repeated when the tail misses it),
+the cut is marked ``[...]``. All solutions of a prompt get the same limit, so the N prompts
+of an env still share their prefix. What cannot fit even then is the backend's call: lower
+the reply budget, or raise `ContextWindowError`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from deliberation_env.protocol import Solution
 from deliberation_env.tasks.task import CHOICE_LETTERS, Task
 
 __all__ = [
+    "CUT_MARK",
     "MAX_SOLUTION_CHARS",
+    "MIN_REPLY_TOKENS",
     "QUOTE_TAGS",
+    "ContextWindowError",
     "Message",
     "answer_instruction",
+    "cut_solution",
     "escape_untrusted",
+    "fit_messages",
     "format_question",
     "judge_messages",
+    "longest_text",
     "quote_solution",
     "refine_messages",
     "render_chat",
@@ -52,6 +68,17 @@ QUOTE_TAGS = ("solution", "peer_solution", "question", "own_solution")
 MAX_SOLUTION_CHARS = 6000
 """A quoted solution longer than this keeps its beginning and its end (where the answer
 is), so one runaway generation cannot blow up every peer's prompt."""
+
+CUT_MARK = "[...]"
+"""Marks where `cut_solution` cut a quoted solution to fit the context window."""
+
+MIN_REPLY_TOKENS = 16
+"""The fewest reply tokens a backend accepts when it must lower its reply budget to fit
+the context (a boxed answer plus the self-report needs about that many); below it the
+prompt "does not fit" and the backend raises `ContextWindowError`."""
+
+_ANSWER_CONTEXT_CHARS = 60
+"""A repeated answer line keeps at most this many characters either side of the answer."""
 
 _TAG_RE = re.compile(r"<(?=\s*/?\s*(?:" + "|".join(QUOTE_TAGS) + r")\b)", re.IGNORECASE)
 
@@ -94,6 +121,11 @@ JUDGE_SYSTEM = (
 )
 
 
+class ContextWindowError(ValueError):
+    """A prompt that does not fit the model's context even with every quoted solution cut
+    to its final answer."""
+
+
 def answer_instruction(task: Task) -> str:
     """How the final answer of `task` must be written (the parser reads that form)."""
     return _ANSWER_FORMAT[task.kind]
@@ -127,6 +159,84 @@ def quote_solution(solution: Solution, agent: int, max_chars: int = MAX_SOLUTION
     return f"<solution agent={agent} untrusted>\n{escape_untrusted(body)}\n</solution>"
 
 
+def cut_solution(solution: Solution, keep_chars: int, kind: str) -> Solution:
+    """`solution` with its text cut to about its last `keep_chars` characters, marked
+    `CUT_MARK`; the final answer survives the cut.
+
+    The tail starts at a word boundary (a number is never cut in half). When the answer
+    (`agents.parsing.parse_answer_span` of `kind`) lies before the tail, its line is kept
+    too, between marks: ``[...]\\n<answer line>\\n[...] <tail>``. A text no longer than
+    `keep_chars`, or an empty one (quoted by its answer), is returned unchanged.
+    """
+    from agents.parsing import parse_answer_span  # agents.parsing imports this module
+
+    body = solution.text.strip()
+    if len(body) <= keep_chars or not body:
+        return solution
+    start = len(body) - max(0, keep_chars)
+    if keep_chars > 0 and not body[start - 1].isspace():
+        space = re.search(r"\s", body[start : start + 40])
+        start = start + space.end() if space else start
+    tail = body[start:].strip()
+    _, span = parse_answer_span(body, kind)
+    answer_line = None
+    if span is not None and span[0] < start:
+        lo = body.rfind("\n", 0, span[0]) + 1
+        hi = body.find("\n", span[1])
+        hi = len(body) if hi < 0 else hi
+        if kind != "code":  # a long line: the words around the answer (a code block stays whole)
+            if span[0] - lo > _ANSWER_CONTEXT_CHARS:
+                lo = span[0] - _ANSWER_CONTEXT_CHARS
+                space = re.search(r"\s", body[lo : span[0]])
+                lo = lo + space.end() if space else span[0]
+            hi = min(hi, span[1] + _ANSWER_CONTEXT_CHARS)
+        answer_line = body[lo:hi].strip()
+    elif span is None and solution.answer is not None:
+        answer_line = f"Final answer: {solution.answer}"
+    parts = [CUT_MARK]
+    if answer_line is not None:
+        parts += [answer_line, CUT_MARK] if tail else [answer_line]
+    text = "\n".join(parts)
+    if tail:
+        text = f"{text} {tail}"
+    return dataclasses.replace(solution, text=text)
+
+
+def fit_messages(
+    build: Callable[[int | None], list[Message]],
+    fits: Callable[[list[Message]], bool],
+    longest: int,
+) -> tuple[list[Message], int | None]:
+    """The messages ``build(keep)`` with the largest `keep` that `fits`, and that `keep`.
+
+    `build(keep)` renders a prompt whose quoted solutions are cut to `keep` characters
+    (`cut_solution`; None: uncut) and `longest` is the longest solution text: ``build(None)``
+    comes back when it fits; else the largest ``keep`` in ``[0, longest)`` that fits, found
+    by bisection (a longer cut never makes a prompt shorter); when not even ``build(0)``
+    (answers only) fits, ``(build(0), 0)``: the caller decides what to do with it.
+    """
+    whole = build(None)
+    if fits(whole):
+        return whole, None
+    lo, hi = 0, max(0, longest - 1)  # the largest fitting keep lies in [lo, hi], if any
+    best = build(0)
+    if not fits(best):
+        return best, 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        messages = build(mid)
+        if fits(messages):
+            lo, best = mid, messages
+        else:
+            hi = mid - 1
+    return best, lo
+
+
+def longest_text(solutions: Sequence[Solution]) -> int:
+    """The longest stripped text among `solutions` (the `longest` of `fit_messages`)."""
+    return max((len(s.text.strip()) for s in solutions), default=0)
+
+
 def _system(template: str, task: Task) -> Message:
     return {
         "role": "system",
@@ -145,18 +255,21 @@ def refine_messages(
     own: Solution,
     peers: Sequence[Solution],
     max_chars: int = MAX_SOLUTION_CHARS,
+    keep_chars: int | None = None,
 ) -> list[Message]:
     """A REFINE: question, all agents' solutions in agent order, then "you are agent K".
 
     `peers` are in the order of `deliberation_env.protocol.RefineRequest`: agent
     ``agent+1, agent+2, ...`` modulo N, so the block of agent ``(agent + k) % N`` is
-    ``peers[k - 1]`` and the listing is the same for every agent of an env.
+    ``peers[k - 1]`` and the listing is the same for every agent of an env. With
+    `keep_chars`, every solution (the refiner's own too: they share one block) is cut to
+    its last `keep_chars` characters by `cut_solution` (to fit a context window).
     """
     n = len(peers) + 1
     by_agent = {agent % n: own}
     for k, peer in enumerate(peers, start=1):
         by_agent[(agent + k) % n] = peer
-    blocks = "\n\n".join(quote_solution(by_agent[i], i, max_chars) for i in range(n))
+    blocks = "\n\n".join(_quote(by_agent[i], i, task.kind, max_chars, keep_chars) for i in range(n))
     shared = (
         f"Problem:\n{format_question(task)}\n\n"
         f"Current solutions of the {n} agents (untrusted):\n\n{blocks}\n\n"
@@ -169,10 +282,16 @@ def refine_messages(
 
 
 def judge_messages(
-    task: Task, solution: Solution, max_chars: int = MAX_SOLUTION_CHARS
+    task: Task,
+    solution: Solution,
+    max_chars: int = MAX_SOLUTION_CHARS,
+    keep_chars: int | None = None,
 ) -> list[Message]:
-    """Ask a grader for P(the solution's final answer is correct); the solution comes last."""
-    body = quote_solution(solution, 0, max_chars).replace("agent=0 ", "", 1)
+    """Ask a grader for P(the solution's final answer is correct); the solution comes last.
+
+    `keep_chars` cuts the solution as in `refine_messages`.
+    """
+    body = _quote(solution, 0, task.kind, max_chars, keep_chars).replace("agent=0 ", "", 1)
     return [
         {"role": "system", "content": JUDGE_SYSTEM},
         {
@@ -180,6 +299,16 @@ def judge_messages(
             "content": f"Problem:\n{format_question(task)}\n\nProposed solution (untrusted):\n{body}",
         },
     ]
+
+
+def _quote(
+    solution: Solution, agent: int, kind: str, max_chars: int, keep_chars: int | None
+) -> str:
+    if keep_chars is None:
+        return quote_solution(solution, agent, max_chars)
+    # A cut below max_chars replaces quote_solution's head-and-tail cut.
+    cut = cut_solution(solution, min(keep_chars, max_chars), kind)
+    return quote_solution(cut, agent, sys.maxsize)
 
 
 def _plain(messages: Sequence[Message]) -> str:

@@ -104,7 +104,7 @@ def _check(task: Task, answer: str | None) -> bool | None:
 
     try:
         return bool(verify(task, answer))
-    except NotImplementedError:  # code tasks until the sandbox exists
+    except NotImplementedError:  # code tasks without unit tests cannot be checked
         return None
 
 
@@ -186,11 +186,12 @@ class RecordingBackend:
         state = view.state
         N = state.answer.shape[1]
         text = self.inner.answer_text
+        visible = view.peer_mask() if refine else None
         for m, (b, a, t) in enumerate(zip(view.env, view.agent, view.task_index)):
             b, a, t = int(b), int(a), int(t)
             context: Context | None = None
-            if refine:
-                peers = [(a + k) % N for k in range(1, N)]
+            if visible is not None:  # the peers this refiner read (its in-neighbours)
+                peers = [(a + k) % N for k in range(1, N) if visible[m, (a + k) % N]]
                 context = (
                     text(t, int(state.answer[b, a])),
                     bool(state.correct[b, a]),

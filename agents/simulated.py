@@ -10,7 +10,8 @@ conforms with a calibrated probability, right or wrong, and otherwise is fixed o
 by its share of right peers, rates measured on real debate transcripts (calibration.md
 section H); ``"v0"`` is ``Deliberation-v0``'s literature-derived model. Both keep
 all-REFINE debate roughly level with the plurality vote of the initial answers, as the
-literature finds. Parameters and their sources: `agents.profiles`, ``docs/simulator.md``."""
+literature finds. A profile with `SimProfile.verifier_auroc` also scores every solution
+with a simulated verifier (binormal, like the judge, from its own random stream). Parameters and their sources: `agents.profiles`, ``docs/simulator.md``."""
 
 from __future__ import annotations
 
@@ -68,6 +69,9 @@ class SimulatedBackend:
         self._d_self = _separation(p.self_auroc)
         self._d_judge = _separation(p.judge_auroc)
         self._d_lp = _separation(p.logprob_auroc)
+        # A verifier (profiles ".../verifier") adds the optional "verifier" observation group.
+        self._d_verifier = None if p.verifier_auroc is None else _separation(p.verifier_auroc)
+        self.observation_groups = frozenset(() if p.verifier_auroc is None else ("verifier",))
         weights = p.distractor_decay ** np.arange(p.distractors)
         self._distractor_cdf = np.cumsum(weights) / weights.sum()
         self.tasks: list[Task] = []
@@ -123,11 +127,13 @@ class SimulatedBackend:
         A = st.answer[view.env]  # [M, N]
         C = st.correct[view.env]
         N = A.shape[1]
-        peer = np.ones((M, N), bool)
-        peer[rows, view.agent] = False
+        # The peers this agent reads: all others, or its in-neighbours under a topology
+        # (`BatchView.peers`), whose rates then use per-row counts of visible peers.
+        peer = view.peer_mask()
+        visible = None if view.peers is None else sum_small(peer, 1)
         own_answer, own_correct = A[rows, view.agent], C[rows, view.agent]
 
-        n_peers = max(N - 1, 1)
+        n_peers = max(N - 1, 1) if visible is None else np.maximum(visible, 1)
         frac_right = sum_small(C & peer, 1) / n_peers
         # The peers' most common wrong answer and the share of peers holding it.
         wrong = peer & ~C & (A >= 0)
@@ -141,13 +147,16 @@ class SimulatedBackend:
             )
         else:
             answer, correct, u_parse = self._refine_v0(
-                view, own_answer, own_correct, frac_right, modal, modal_share, N
+                view, own_answer, own_correct, frac_right, modal, modal_share, N, visible
             )
             kept = None
 
-        context = sum_small(
-            st.length[view.env], 1, np.int64
-        )  # own + peers' solutions in the prompt
+        length = st.length[view.env]
+        if visible is not None:  # only the solutions this agent reads are in its prompt
+            shown = peer.copy()
+            shown[rows, view.agent] = True
+            length = np.where(shown, length, 0)
+        context = sum_small(length, 1, np.int64)  # own + peers' solutions in the prompt
         prompt = self.question_tokens[t] + p.refine_instruction_tokens + context
         return self._finish(view, answer, correct, u_parse, prompt, kept)
 
@@ -160,22 +169,32 @@ class SimulatedBackend:
         modal: np.ndarray,
         modal_share: np.ndarray,
         N: int,
+        visible: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``Deliberation-v0``'s REFINE: (answer, correct, parse draw), as it always was."""
+        """``Deliberation-v0``'s REFINE: (answer, correct, parse draw), as it always was;
+        under a topology `visible` ([M]) counts each row's visible peers, which play N - 1."""
         p, t, M = self.profile, view.task_index, len(view.env)
         n_peers = max(N - 1, 1)
         fix = np.interp(frac_right, (0.0, 0.5, 1.0), p.fix_rate)
-        agree_level = (
-            modal_share
-            if N <= 2
-            else np.clip((modal_share - 1 / n_peers) / (1 - 1 / n_peers), 0, 1)
-        )
+        if visible is None:
+            agree_level = (
+                modal_share
+                if N <= 2
+                else np.clip((modal_share - 1 / n_peers) / (1 - 1 / n_peers), 0, 1)
+            )
+        else:
+            k = np.maximum(visible, 2)
+            level = np.clip((modal_share - 1 / k) / (1 - 1 / k), 0, 1)
+            agree_level = np.where(visible <= 1, modal_share, level)
         all_wrong = p.break_wrong_split + (p.break_wrong_agree - p.break_wrong_split) * agree_level
         brk = np.where(
             frac_right >= 1, p.break_all_right, np.where(frac_right > 0, p.break_mixed, all_wrong)
         )
         if N == 1:
             fix, brk = np.full(M, p.fix_rate[0]), np.full(M, p.break_mixed)
+        elif visible is not None:  # an agent that reads nobody refines as a lone agent
+            fix = np.where(visible == 0, p.fix_rate[0], fix)
+            brk = np.where(visible == 0, p.break_mixed, brk)
 
         u = rng.uniform(view.keys, 4)
         correct = np.where(own_correct, u[:, 0] >= brk, u[:, 0] < fix)
@@ -210,11 +229,15 @@ class SimulatedBackend:
         p, t, M = self.profile, view.task_index, len(view.env)
         n_peers = int(peer[0].sum()) if M else 0
         majority, has_majority = peer_majority(A, peer, own_answer)
-        if n_peers == 0:
+        if n_peers == 0 and view.peers is None:
             fix, brk = np.full(M, p.solo_rate[0]), np.full(M, p.solo_rate[1])
         else:
             fix = np.interp(frac_right, (0.0, 0.5, 1.0), p.fix_rate)
             brk = np.interp(frac_right, (0.0, 0.5, 1.0), p.break_rate)
+        if view.peers is not None:  # under a topology, an agent that reads nobody is solo
+            alone = ~peer.any(1)
+            fix = np.where(alone, p.solo_rate[0], fix)
+            brk = np.where(alone, p.solo_rate[1], brk)
 
         u = rng.uniform(view.keys, 5)
         conform = has_majority & (u[:, 0] < p.conformity)
@@ -272,6 +295,11 @@ class SimulatedBackend:
         operators = np.maximum(1.0, np.round(steps * p.operators_per_step * np.exp(0.2 * z[:, 4])))
         sigma = p.token_sigma
         completion = p.completion_tokens * longer * np.exp(sigma * z[:, 5] - sigma**2 / 2)
+        verifier = None
+        if self._d_verifier is not None:
+            # Its own stream (tag 8): the other draws are those of the profile without one.
+            zv = rng.normal(rng.derive(view.keys, 8), 1)[:, 0]
+            verifier = expit(base + zv + self._d_verifier * (c - p.accuracy)).astype(np.float32)
         return SolutionBatch(
             answer=answer,
             correct=correct,
@@ -282,6 +310,7 @@ class SimulatedBackend:
             operators=operators.astype(np.float32),
             prompt_tokens=np.round(prompt).astype(np.int64),
             completion_tokens=np.maximum(1, np.round(completion)).astype(np.int64),
+            verifier_score=verifier,
         )
 
     def _distractor_texts(self, task: Task) -> list[str]:

@@ -43,7 +43,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
     if sqlite:
         from agents.cache import ResponseCache
 
-        cache = ResponseCache(path)
+        cache = ResponseCache(path, read_only=True)  # reading records never writes the file
         try:
             return load_records(cache)
         finally:

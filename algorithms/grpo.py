@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import torch
 
@@ -25,7 +26,7 @@ grpo_advantages = advantages.grpo
 class GRPOConfig(TrainConfig):
     """GRPO training (fields of `TrainConfig` plus these)."""
 
-    scale_rewards: str = "group"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide the centred rewards by the group's std ("group", GRPO's original), the
     batch's std ("batch") or nothing ("none", Dr. GRPO, arXiv 2503.20783), as TRL does."""
 

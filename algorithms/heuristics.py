@@ -6,7 +6,9 @@ Each protocol implements `algorithms.policy.Policy`: ``act(obs [B, N, D], action
 (`deliberation_env.observation`). ``env_overrides`` holds the `EnvConfig` fields a
 protocol needs (one agent, a weighted vote, ...). A protocol never plays an action its
 mask forbids: it falls back to PERSIST. Build one by name with ``make_protocol(name)``;
-add one with ``register_protocol(name, factory)``.
+add one with ``register_protocol(name, factory)``. A protocol that reads an optional
+observation group (``verifier_threshold`` reads ``"verifier"``) says so in ``requires``;
+`applicable_protocols(env)` lists the protocols an env can run.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import numpy as np
 
 from algorithms.policy import Policy
 from deliberation_env.actions import Action
+from deliberation_env.config import EnvConfig
+from deliberation_env.core import layout_for
 from deliberation_env.counterfactual import best_joint_actions
-from deliberation_env.observation import PEER_FEATURES, ObservationLayout
+from deliberation_env.observation import ObservationLayout
 from deliberation_env.vector import VectorDeliberationEnv
 
 PERSIST, REFINE, CONCEDE = (int(a) for a in Action)
@@ -27,18 +31,15 @@ PERSIST, REFINE, CONCEDE = (int(a) for a in Action)
 
 class Features:
     """Named views of a batch of flat observations: ``Features(obs)["own.support"]``
-    is ``[B, N]``. The layout (its `max_peers`) is read off the observation size."""
+    is ``[B, N]``. `layout` is the env's (``env.layout``); without it (or when it does not
+    fit) the layout is read off the observation size (`ObservationLayout.infer`)."""
 
-    def __init__(self, obs: np.ndarray) -> None:
+    def __init__(self, obs: np.ndarray, layout: ObservationLayout | None = None) -> None:
         self.obs = np.asarray(obs)
-        base = ObservationLayout(0).size
-        extra = self.obs.shape[-1] - base
-        if extra < 0 or extra % len(PEER_FEATURES):
-            raise ValueError(
-                f"observation size {self.obs.shape[-1]} does not fit the deliberation layout "
-                f"({base} + max_peers * {len(PEER_FEATURES)}); pass the env's flat observations"
-            )
-        self.layout = ObservationLayout(extra // len(PEER_FEATURES))
+        size = self.obs.shape[-1]
+        if layout is None or layout.size != size:
+            layout = ObservationLayout.infer(size)
+        self.layout = layout
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.obs[..., self.layout.index(name)]
@@ -54,6 +55,14 @@ class Heuristic:
 
     name: str = "heuristic"
     env_overrides: Mapping[str, Any] = {}
+    requires: frozenset[str] = frozenset()
+    """Optional observation groups the rule reads (`deliberation_env.observation.GROUPS`)."""
+    layout: ObservationLayout | None = None
+    """The layout of the env it acts in, set by `bind` (else read off the observations)."""
+
+    def bind(self, env: VectorDeliberationEnv) -> None:
+        """Read observations with `env`'s layout (the evaluation harness calls it)."""
+        self.layout = env.layout
 
     def rule(self, f: Features) -> np.ndarray:
         raise NotImplementedError
@@ -61,7 +70,7 @@ class Heuristic:
     def act(
         self, obs: np.ndarray, action_mask: np.ndarray, deterministic: bool = False
     ) -> np.ndarray:
-        f = Features(obs)
+        f = Features(obs, self.layout)
         actions = np.broadcast_to(np.asarray(self.rule(f), np.int64), f.obs.shape[:-1])
         return _masked(actions, action_mask)
 
@@ -158,6 +167,43 @@ class ConfidenceThreshold(Heuristic):
         return np.where(own >= np.float32(self.threshold), PERSIST, fallback)
 
 
+class VerifierThreshold(Heuristic):
+    """PERSIST if a verifier scores my answer at least `threshold`; else CONCEDE to the
+    best-scored peer if one scores higher than me; else REFINE. Verifier-guided
+    deliberation: the selection rule of Best-of-N with a trained verifier (Cobbe et al.
+    2021, arXiv 2110.14168; generative verifiers, Zhang et al. 2024, arXiv 2408.15240)
+    applied to keep, copy or revise.
+
+    Needs an env whose backend has a verifier (the ``"verifier"`` observation group: a
+    ``.../verifier`` simulator profile, ``HFBackend(verifier=...)``,
+    ``OpenAIBackend(verifier_model=...)``); elsewhere it raises. CONCEDE copies the
+    best-scored peer: the protocol sets ``concede_rule="most_verified"`` (pass
+    ``concede_rule=None`` to keep the env's).
+    """
+
+    name = "verifier_threshold"
+    requires = frozenset({"verifier"})
+
+    def __init__(self, threshold: float = 0.85, concede_rule: str | None = "most_verified"):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold={threshold} must lie in [0, 1] (a verifier score)")
+        self.threshold = float(threshold)
+        self.env_overrides = {} if concede_rule is None else {"concede_rule": concede_rule}
+
+    def rule(self, f: Features) -> np.ndarray:
+        if "verifier" not in f.layout.groups:
+            raise ValueError(
+                "verifier_threshold needs an env with a verifier (observation group "
+                "'verifier': a '.../verifier' simulator profile, HFBackend(verifier=...) or "
+                "OpenAIBackend(verifier_model=...)); these observations have none, so there "
+                "is no verifier score to read"
+            )
+        own = f["own.verifier_score"]
+        peer_max = f["summary.peer_verifier_score_max"]
+        fallback = np.where(peer_max > own, CONCEDE, REFINE)
+        return np.where(own >= np.float32(self.threshold), PERSIST, fallback)
+
+
 class ProgressiveHint(Heuristic):
     """REFINE until a revision leaves my answer unchanged, then PERSIST for good
     (Progressive-Hint Prompting, Zheng et al. 2023, arXiv 2304.09797: re-ask with the
@@ -238,13 +284,35 @@ class Oracle(Heuristic):
 
 PROTOCOLS: dict[str, Callable[..., Policy]] = {}
 """Registered protocol factories by name; `make_protocol` builds one."""
+REQUIRES: dict[str, frozenset[str]] = {}
+"""The optional observation groups each registered protocol needs (`applicable_protocols`)."""
 
 
-def register_protocol(name: str, factory: Callable[..., Policy]) -> None:
-    """Make ``make_protocol(name, **kw)`` call ``factory(**kw)``."""
+def register_protocol(
+    name: str, factory: Callable[..., Policy], requires: frozenset[str] | None = None
+) -> None:
+    """Make ``make_protocol(name, **kw)`` call ``factory(**kw)``. `requires`: the optional
+    observation groups it reads (default: the factory's ``requires`` attribute, else none)."""
     if name in PROTOCOLS:
         raise ValueError(f"a protocol named {name!r} is already registered")
     PROTOCOLS[name] = factory
+    REQUIRES[name] = frozenset(
+        requires if requires is not None else getattr(factory, "requires", frozenset())
+    )
+
+
+def applicable_protocols(
+    env: EnvConfig | ObservationLayout | VectorDeliberationEnv,
+) -> list[str]:
+    """The registered protocols an env can run, in registration order: those whose required
+    observation groups its layout enables (`verifier_threshold` only with a verifier)."""
+    if isinstance(env, EnvConfig):
+        layout = layout_for(env)
+    elif isinstance(env, ObservationLayout):
+        layout = env
+    else:
+        layout = env.layout
+    return [name for name in PROTOCOLS if REQUIRES.get(name, frozenset()) <= layout.groups]
 
 
 def make_protocol(name: str, **kwargs: Any) -> Policy:
@@ -262,6 +330,7 @@ for _name, _factory in (
     ("always_persist", AlwaysPersist),
     ("concede_to_plurality", ConcedeToPlurality),
     ("confidence_threshold", ConfidenceThreshold),
+    ("verifier_threshold", VerifierThreshold),
     ("reconcile", Reconcile),
     ("progressive_hint", ProgressiveHint),
     ("refine_minority", RefineMinority),

@@ -6,9 +6,10 @@ learned network (per-agent encoder, cross-attention over peers, three masked log
 The network follows MPDF (arXiv 2509.03817): the agent's own state is the attention
 query and its peers' states are keys and values. Parameters are shared across agents
 with an agent-index embedding by default, or one network per agent. The attention is
-written out (`_PeerAttention`) with the key and value projections folded into the query
-side and peer slots empty in every row skipped: a third of the time of the previous
-``nn.MultiheadAttention`` forward at 3 agents, with the same outputs on the same weights
+written out (`_PeerAttention`): the peer encoder's last layer folded into the key and
+value projections (one matrix product for both), the per-head scores and mixes over the few
+peer slots as elementwise products, and peer slots empty in every row skipped; the same
+outputs as the previous ``nn.MultiheadAttention`` forward on the same weights
 (tests/test_policy_equivalence.py).
 """
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deliberation_env.observation import PEER_FEATURES, ObservationLayout
+from deliberation_env.observation import ObservationLayout
 
 
 @runtime_checkable
@@ -62,6 +63,17 @@ class PolicyConfig:
     """Add a value head (PPO)."""
     critic_state_size: int = 0
     """If > 0, the value head also reads the global state (MAPPO's centralised critic)."""
+    groups: tuple[str, ...] = ()
+    """Optional observation groups of the env (``env.layout.groups``, e.g. ``("verifier",)``);
+    empty for an env without them (`deliberation_env.observation.GROUPS`)."""
+
+    def __post_init__(self) -> None:
+        self.groups = tuple(sorted(self.groups))  # a checkpoint stores a plain list
+
+    @property
+    def layout(self) -> ObservationLayout:
+        """The observation layout the network reads."""
+        return ObservationLayout(self.max_peers, frozenset(self.groups))
 
 
 class _PeerAttention(nn.Module):
@@ -95,23 +107,25 @@ class _PeerAttention(nn.Module):
         its last linear layer); `pad` ``[M, P]`` marks empty slots. A row with no peer
         attends to nothing and gets ``out_proj.bias``, as ``nn.MultiheadAttention`` gives
         a fully padded row."""
-        M, h = q.shape
+        M, P, h = hidden_peers.shape
         H, d = self.heads, h // self.heads
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, _, b_v = self.in_proj_bias.chunk(3)  # the key bias shifts every score alike
         w2, b2 = peer_out.weight, peer_out.bias
-        query = F.linear(q, w_q, b_q).view(M, H, d) * d**-0.5
-        # Score of slot j for head h: q_h . W_k,h (W2 t_j + b2); the b2 term is the same
-        # for every slot, so it cancels in the softmax.
-        qk = torch.einsum("mhd,hde->mhe", query, w_k.view(H, d, h) @ w2)  # [M, H, h]
-        scores = torch.einsum("mhe,mpe->mhp", qk, hidden_peers)  # [M, H, P]
-        keep = (~pad)[:, None, :].to(scores.dtype)
+        query = F.linear(q, w_q, b_q).view(M, 1, H, d) * d**-0.5
+        # Keys and values of every slot in one matrix product with the peer encoder's last
+        # layer folded in: W_k W2 t_j (its b2 term is the same for every slot, so it
+        # cancels in the softmax) and W_v W2 t_j (+ W_v b2 + b_v below). Per head, the
+        # scores and the mix over the few slots are elementwise products and sums: cheaper
+        # than batched matrix products of a handful of rows each.
+        kv = F.linear(hidden_peers, torch.cat([w_k @ w2, w_v @ w2]))  # [M, P, 2h]
+        keys, values = kv.view(M, P, 2, H, d).unbind(2)
+        scores = (query * keys).sum(-1)  # [M, P, H]
+        keep = (~pad)[:, :, None].to(scores.dtype)
         # -1e30, not -inf: a row with no peer then gets weights 0 rather than NaN.
-        att = scores.masked_fill(pad[:, None, :], -1e30).softmax(-1) * keep
-        # Value of head h: W_v,h W2 (sum_j a_j t_j) + (sum_j a_j) (W_v,h b2 + b_v,h).
-        mixed = torch.einsum("mhp,mpe->mhe", att, hidden_peers)  # [M, H, h]
-        out = torch.einsum("mhe,hde->mhd", mixed, w_v.view(H, d, h) @ w2)
-        out = out + att.sum(-1, keepdim=True) * (w_v @ b2 + b_v).view(H, d)
+        att = scores.masked_fill(pad[:, :, None], -1e30).softmax(1) * keep
+        out = (att[..., None] * values).sum(1)  # [M, H, d]
+        out = out + att.sum(1)[..., None] * (w_v @ b2 + b_v).view(H, d)
         return F.linear(out.reshape(M, h), self.out_proj.weight, self.out_proj.bias)
 
 
@@ -120,9 +134,9 @@ class _Trunk(nn.Module):
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
-        layout = ObservationLayout(cfg.max_peers)
+        layout = cfg.layout
         self.own_size = layout.summary.stop  # own block + peer summary
-        self.peer_size = len(PEER_FEATURES)
+        self.peer_size = layout.peer_size
         self.peers = layout.peers
         self.max_peers = cfg.max_peers
         h = cfg.hidden
@@ -155,11 +169,14 @@ class _Trunk(nn.Module):
         # agents the env fills the first N - 1 of the `max_peers` slots).
         used = torch.nonzero(~pad.all(0))
         slots = max(int(used[-1]) + 1 if len(used) else 0, 1)
-        peers = obs[:, start : start + slots * size].reshape(-1, slots, size)
+        # One contiguous row per slot: a 2-D matrix product (on a strided 3-D view torch
+        # runs a batched product with the weight copied per row).
+        peers = obs[:, start : start + slots * size].reshape(-1, size)
         pad = pad[:, :slots]
         first, _, last = self.peer
         assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
-        hidden_peers = torch.tanh(first(peers))  # the last layer is folded into attention
+        # The last layer is folded into the attention.
+        hidden_peers = torch.tanh(first(peers)).view(-1, slots, first.out_features)
         attended = self.attn(q, hidden_peers, last, pad)
         return torch.cat([q, attended], dim=-1)
 
@@ -282,11 +299,22 @@ class MetaPolicy(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> MetaPolicy:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # torch reports a damaged file without naming it
+            raise ValueError(
+                f"{path} cannot be read as a MetaPolicy file ({type(err).__name__}: {err}); "
+                "it is damaged or not a policy saved by MetaPolicy.save"
+            ) from err
         if not isinstance(payload, dict) or "config" not in payload:
             raise ValueError(f"{path} is not a MetaPolicy checkpoint (no 'config' entry)")
-        policy = cls(PolicyConfig(**payload["config"]))
-        policy.load_state_dict(payload["state_dict"])
+        try:
+            policy = cls(PolicyConfig(**payload["config"]))
+            policy.load_state_dict(payload["state_dict"])
+        except (KeyError, TypeError, RuntimeError) as err:
+            raise ValueError(f"{path} holds a policy this version cannot load: {err}") from err
         return policy
 
 

@@ -13,6 +13,7 @@ clipfrac and explained variance beside the loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch
 from algorithms.advantages import explained_variance, gae
 from algorithms.common import (
     ActionLogProbs,
+    DistinctRows,
     FlatBatch,
     TrainConfig,
     clipped_surrogate,
@@ -30,7 +32,7 @@ from algorithms.common import (
 from algorithms.policy import MetaPolicy, with_value_head
 from algorithms.rollout import Rollout
 from algorithms.trainer import make_train
-from deliberation_env.observation import ObservationLayout
+from deliberation_env.core import layout_for
 
 __all__ = ["PPOConfig", "critic_state_size", "explained_variance", "gae", "train", "update"]
 __all__ += ["with_value_head"]  # moved to algorithms.policy; importable from here as before
@@ -74,6 +76,9 @@ class PPOConfig(TrainConfig):
     centralised_critic: bool = False
     """MAPPO (Yu et al. 2022): the value head reads the global state `env.state()`.
     False: IPPO (de Witt et al. 2020), the value head reads the agent's own features."""
+
+    min_group_size: ClassVar[int] = 1
+    """The value head is the baseline: a group of one rollout is PPO's default."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -119,7 +124,8 @@ def update(
     states = torch.as_tensor(roll.states.reshape(T * B, -1)) if cfg.centralised_critic else None
     with torch.no_grad():
         values = policy.value(obs, states).reshape(T, B, N).numpy()
-    ref_logp = batch.logits(ref).log_softmax(-1) if cfg.beta else None
+    distinct = DistinctRows.of(obs, masks) if cfg.beta else None
+    ref_logp = None if distinct is None else distinct.reference_logits(ref).log_softmax(-1)
     adv, ret = gae(roll.rewards, values, roll.active, cfg.gamma, cfg.gae_lambda)
     advantages = torch.as_tensor(adv.reshape(T * B, N))
     returns = torch.as_tensor(ret.reshape(T * B, N))
@@ -171,7 +177,7 @@ def critic_state_size(cfg: PPOConfig) -> int:
     (0) for IPPO."""
     if not cfg.centralised_critic:
         return 0
-    return ObservationLayout(cfg.env.max_peers).state_size
+    return layout_for(cfg.env).state_size
 
 
 train = make_train(

@@ -85,3 +85,21 @@ register_algorithm(
     train="train_sb3",
     description="Stable-Baselines3 PPO through SuperSuit, shared parameters",
 )
+register_algorithm(
+    "agentprune",
+    "algorithms.topology_methods.agentprune",
+    "AgentPruneConfig",
+    description="AgentPrune: one-shot pruning of a learned spatial-temporal graph",
+)
+register_algorithm(
+    "gptswarm",
+    "algorithms.topology_methods.gptswarm",
+    "GPTSwarmConfig",
+    description="GPTSwarm: Bernoulli edge distribution optimised with REINFORCE",
+)
+register_algorithm(
+    "dylan",
+    "algorithms.topology_methods.dylan",
+    "DyLANConfig",
+    description="DyLAN: agent importance scores, early stop at consensus",
+)

@@ -36,7 +36,8 @@ from supersuit.vector.sb3_vector_wrapper import SB3VecEnvWrapper
 from tqdm.auto import tqdm
 
 import deliberation_env
-from algorithms.common import TrainConfig, check_env, split_tasks, train_env
+from algorithms.common import TrainConfig, check_env, check_train_fields, split_tasks, train_env
+from algorithms.tracking import Tracker, log_row, start_run
 from deliberation_env import Action, EnvConfig
 
 
@@ -129,6 +130,21 @@ class SB3Config:
 
     def __post_init__(self) -> None:
         check_env(self.env, type(self).__name__)
+        check_train_fields(self, SB3_BOUNDS)
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(
+                f"gamma and gae_lambda must lie in [0, 1], got {self.gamma}, {self.gae_lambda}"
+            )
+
+
+SB3_BOUNDS: dict[str, tuple[str, float]] = {
+    "eval_fraction": ("fraction", 0.0), "num_envs": ("int", 1), "total_timesteps": ("int", 1),
+    "n_steps": ("int", 1), "batch_size": ("int", 1), "n_epochs": ("int", 1),
+    "lr": (">", 0.0), "gamma": (">=", 0.0), "gae_lambda": (">=", 0.0),
+    "ent_coef": (">=", 0.0), "clip_range": (">", 0.0), "seed": ("int", 0),
+    "torch_threads": ("int", 1),
+}  # fmt: skip
+"""Range of each numeric `SB3Config` field (`algorithms.common.check_train_fields`)."""
 
 
 class TeamAccuracyCallback(BaseCallback):
@@ -139,9 +155,14 @@ class TeamAccuracyCallback(BaseCallback):
     slots weighs episodes equally."""
 
     def __init__(
-        self, history: list[dict[str, Any]], num_agents: int, progress: tqdm | None = None
+        self,
+        history: list[dict[str, Any]],
+        num_agents: int,
+        progress: tqdm | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         super().__init__()
+        self.tracker = tracker  # also gets each row (`algorithms.tracking`)
         self.history = history
         self.num_agents = num_agents
         self.progress = progress
@@ -166,6 +187,7 @@ class TeamAccuracyCallback(BaseCallback):
                     "episodes": len(self._correct) // self.num_agents,
                 }
             )
+            log_row(self.tracker, self.history[-1], len(self.history) - 1)
             if self.progress is not None:
                 self.progress.set_postfix(acc=f"{self.history[-1]['team_accuracy']:.3f}")
         if self.progress is not None:
@@ -174,11 +196,13 @@ class TeamAccuracyCallback(BaseCallback):
 
 
 def train_sb3(
-    cfg: SB3Config | None = None, progress: bool = True
+    cfg: SB3Config | None = None, progress: bool = True, tracker: Tracker | None = None
 ) -> tuple[SB3Policy, list[dict[str, Any]]]:
     """Train SB3's PPO (``MlpPolicy``, shared by all agents) on the training questions.
     Returns the trained model as a `Policy` (``.model`` is the SB3 model) and the learning
-    curve, one row per rollout; writes both to ``cfg.out`` when set."""
+    curve, one row per rollout; writes both to ``cfg.out`` when set. `tracker`
+    (`algorithms.tracking`) gets the config and each row as it comes (stepped by agent-steps
+    so far); SB3's own ``tensorboard_log`` is not used, so both backends log the same rows."""
     cfg = cfg or SB3Config()
     torch.set_num_threads(cfg.torch_threads)
     train_tasks, _ = split_tasks(cfg)
@@ -199,9 +223,11 @@ def train_sb3(
         verbose=0,
     )
     history: list[dict[str, Any]] = []
+    start_run(tracker, "sb3_ppo", cfg)
     with tqdm(total=cfg.total_timesteps, desc="sb3_ppo", disable=not progress, leave=False) as bar:
         model.learn(
-            cfg.total_timesteps, callback=TeamAccuracyCallback(history, cfg.env.num_agents, bar)
+            cfg.total_timesteps,
+            callback=TeamAccuracyCallback(history, cfg.env.num_agents, bar, tracker),
         )
     env.close()
     if cfg.out is not None:

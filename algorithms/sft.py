@@ -13,17 +13,31 @@ return (one draw undervalues REFINE). Exact ties go to the cheapest action.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from algorithms.checkpoint import (
+    RUNTIME_FIELDS,
+    append_metrics,
+    resume_checkpoint,
+    saved_on_interrupt,
+    unfinished,
+    write_checkpoint,
+    write_metrics,
+)
 from algorithms.common import TrainConfig, make_policy, optimise, split_tasks
 from algorithms.policy import MetaPolicy
+from algorithms.tracking import Tracker, log_row, start_run
 from deliberation_env import VectorDeliberationEnv
+from deliberation_env.config import check_int
 from deliberation_env.counterfactual import hindsight_targets
 
 
@@ -51,6 +65,25 @@ class SFTConfig(TrainConfig):
     """Leave out of the loss the agent-states where every allowed action earns the same
     reward: their label is only the tie-break (PERSIST), and they are most states (all
     agents already right), so keeping them teaches "always PERSIST"."""
+
+    unused_fields: ClassVar[tuple[str, ...]] = (
+        "questions_per_update", "group_size", "updates", "minibatches", "clip", "beta",
+        "kl_control", "target_kl", "kl_horizon", "kl_floor", "kl_anneal", "entropy_coef",
+        "reward_transform", "eval_every", "eval_episodes", "checkpoint_every",
+    )  # fmt: skip
+    """The RL fields of `TrainConfig` SFT does not read (its length: `epochs`, `episodes`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("episodes", "epochs", "batch_size", "refine_samples"):
+            check_int(f"SFTConfig.{name}", getattr(self, name), 1)
+        from algorithms.heuristics import PROTOCOLS
+
+        if self.behaviour != "random" and self.behaviour not in PROTOCOLS:
+            raise ValueError(
+                f"SFTConfig.behaviour={self.behaviour!r} is not a protocol; valid: "
+                f"{sorted({'random', *PROTOCOLS})}"
+            )
 
 
 @dataclass
@@ -91,12 +124,29 @@ def collect_dataset(cfg: SFTConfig, tasks: list, seed: int) -> Dataset:
     return Dataset(*(np.concatenate(c) for c in zip(*parts)))
 
 
+SFT_RUNTIME_FIELDS = RUNTIME_FIELDS | {"epochs"}
+"""Fields a resumed SFT run may change: ``epochs`` (its length) and the runtime ones of
+`algorithms.checkpoint.RUNTIME_FIELDS` (and, as for every config, its `unused_fields`)."""
+
+
 def train(
-    cfg: SFTConfig | None = None, progress: bool = True
+    cfg: SFTConfig | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    tracker: Tracker | None = None,
 ) -> tuple[MetaPolicy, list[dict[str, Any]]]:
-    """Fit a fresh meta-policy to hindsight labels; history has one record per epoch."""
+    """Fit a fresh meta-policy to hindsight labels; history has one record per epoch.
+
+    With ``cfg.out``: one row per epoch in ``metrics.jsonl``, a checkpoint every
+    ``cfg.checkpoint_every`` epochs, at the end and on Ctrl-C or SIGTERM (the last whole
+    epoch), and ``policy.pt``. `resume` continues from the checkpoint: the dataset is
+    recorded again (it is a function of ``cfg.seed``; with an LLM backend the response
+    cache replays it), then the policy, optimizer and minibatch generator are restored, so
+    the result is bit-identical to a run never stopped. `tracker` (`algorithms.tracking`)
+    also gets the config and every row."""
     cfg = cfg or SFTConfig()
     torch.set_num_threads(cfg.torch_threads)
+    payload = resume_checkpoint(cfg.out, "sft", cfg, SFT_RUNTIME_FIELDS) if resume else None
     train_tasks, _ = split_tasks(cfg)
     data = collect_dataset(cfg, train_tasks, seed=cfg.seed)
     policy = make_policy(cfg)
@@ -105,24 +155,55 @@ def train(
     weight = torch.as_tensor(data.informative if cfg.skip_ties else np.ones_like(data.informative))
     weight = weight.float()
     gen = torch.Generator().manual_seed(cfg.seed)
-    history = []
-    for epoch in tqdm(range(cfg.epochs), desc="sft", disable=not progress, leave=False):
-        losses, hits = [], []
-        for idx in torch.randperm(len(obs), generator=gen).split(cfg.batch_size):
-            w = weight[idx]
-            if w.sum() == 0:
-                continue
-            logits = policy(obs[idx], masks[idx])
-            per = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, 3), labels[idx].ravel(), reduction="none"
-            )
-            loss = (per * w.ravel()).sum() / w.sum()
-            optimise(policy, optimizer, loss, cfg.max_grad_norm)
-            losses.append(loss.item())
-            hit = (logits.argmax(-1) == labels[idx]).float()
-            hits.append(((hit * w).sum() / w.sum()).item())
-        history.append(
-            {
+    history: list[dict[str, Any]] = []
+    if payload is not None:
+        policy.load_state_dict(payload["policy"])
+        optimizer.load_state_dict(payload["optimizer"])
+        gen.set_state(payload["generator"])
+        history = list(payload["history"])
+    config = asdict(cfg) if cfg.out else {}
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "algo": "sft",
+            "config": config,
+            "update": len(history),
+            "total": cfg.epochs,
+            "policy": copy.deepcopy(policy.state_dict()),
+            "policy_config": asdict(policy.config),
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "history": list(history),
+            "generator": gen.get_state(),
+        }
+
+    boundary = snapshot() if cfg.out else {}  # what Ctrl-C saves: the last whole epoch
+
+    def save() -> Path | None:
+        return write_checkpoint(cfg.out, boundary) if cfg.out else None
+
+    if cfg.out:
+        if payload is None and (warning := unfinished(cfg.out)):
+            warnings.warn(warning, stacklevel=2)
+        write_metrics(cfg.out, history)
+    start_run(tracker, "sft", cfg)
+    epochs = range(len(history), cfg.epochs)
+    with saved_on_interrupt(save):
+        for epoch in tqdm(epochs, desc="sft", disable=not progress, leave=False):
+            losses, hits = [], []
+            for idx in torch.randperm(len(obs), generator=gen).split(cfg.batch_size):
+                w = weight[idx]
+                if w.sum() == 0:
+                    continue
+                logits = policy(obs[idx], masks[idx])
+                per = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, 3), labels[idx].ravel(), reduction="none"
+                )
+                loss = (per * w.ravel()).sum() / w.sum()
+                optimise(policy, optimizer, loss, cfg.max_grad_norm)
+                losses.append(loss.item())
+                hit = (logits.argmax(-1) == labels[idx]).float()
+                hits.append(((hit * w).sum() / w.sum()).item())
+            record = {
                 "epoch": epoch + 1,
                 "loss": float(np.mean(losses)),
                 "label_accuracy": float(np.mean(hits)),
@@ -130,8 +211,15 @@ def train(
                 "states": len(obs),
                 "informative_share": float(data.informative.mean()),
             }
-        )
+            history.append(record)
+            log_row(tracker, record, epoch)
+            if cfg.out:
+                boundary = snapshot()
+                append_metrics(cfg.out, record)
+                if (epoch + 1) % cfg.checkpoint_every == 0:
+                    save()
     if cfg.out:
+        save()
         policy.save(f"{cfg.out}/policy.pt", algo="sft", history=history)
     return policy, history
 

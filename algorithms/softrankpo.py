@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 import torch
 
 from algorithms import advantages
 from algorithms.common import (
+    DistinctRows,
     FlatBatch,
     TrainConfig,
     approx_kl,
@@ -52,7 +54,7 @@ class SoftRankPOConfig(TrainConfig):
     tau: float = 0.8
     """Temperature of the soft ranks; 0.8 is the paper's best of {0.4, 0.6, 0.8, 1.0, 2.0,
     5.0} (arXiv 2509.03817)."""
-    loss: str = "clipped"
+    loss: Literal["clipped", "rank_matching"] = "clipped"
     """``"clipped"`` (surrogate on rank advantages) or ``"rank_matching"``."""
 
     def __post_init__(self) -> None:
@@ -106,10 +108,11 @@ def rank_matching_update(
     """Epochs of minibatch steps on the rank-matching loss plus ``beta * KL`` minus the
     entropy bonus."""
     batch = FlatBatch.of(roll)
-    ref_logits = batch.logits(ref)
+    distinct = DistinctRows.of(batch.obs, batch.masks)
+    ref_logits = distinct.reference_logits(ref)
     log: dict[str, list[float]] = {}
     for questions, idx in question_minibatches(roll, cfg.epochs, cfg.minibatches, generator):
-        logits = policy(batch.obs[idx], batch.masks[idx])
+        logits = distinct.logits(policy, idx)
         dist = torch.distributions.Categorical(logits=logits)
         rm, stats = rank_matching_loss(logits, ref_logits[idx], roll, questions, idx, adv, cfg.beta)
         kl = kl_to_reference(logits, ref_logits[idx])

@@ -5,15 +5,17 @@ function the method's module exports.
 
 A trainer owns its randomness: one ``torch.Generator`` seeded with ``cfg.seed`` draws the
 initial weights, the actions and the minibatch order, and checkpoints carry its state.
-Torch's global generator is never read, so seeding it elsewhere changes nothing.
+Torch's global generator is never read, so seeding it elsewhere changes nothing. The env's
+randomness is a seed per update, so a run resumed from a checkpoint (taken between two
+updates; `algorithms.checkpoint`) is bit-identical to one never stopped.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,10 +24,19 @@ from typing import Any, Protocol, TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from algorithms.checkpoint import (
+    append_metrics,
+    resume_checkpoint,
+    saved_on_interrupt,
+    unfinished,
+    write_checkpoint,
+    write_metrics,
+)
 from algorithms.common import TrainConfig, make_policy, split_tasks
 from algorithms.kl import make_kl_controller
 from algorithms.policy import MetaPolicy, use_generator, with_value_head
 from algorithms.rollout import Rollout, collect
+from algorithms.tracking import Tracker, log_row, start_run
 from deliberation_env import VectorDeliberationEnv
 
 C = TypeVar("C", bound=TrainConfig)
@@ -64,7 +75,9 @@ def rollout_stats(roll: Rollout) -> dict[str, float]:
 
 class Trainer:
     """The loop every method runs: collect rollouts, update, log, evaluate, checkpoint.
-    Interrupting it (Ctrl-C) saves a checkpoint first.
+    Interrupting it (Ctrl-C or SIGTERM) saves the checkpoint of the last whole update
+    first, then prints "saved checkpoint; continue with --resume" and re-raises
+    (KeyboardInterrupt, or `algorithms.checkpoint.Terminated`, exit status 143).
 
     `policy` is the start (default: fresh weights, the first draws of the trainer's
     generator) and `ref` the KL anchor (default: a frozen copy of the start).
@@ -80,6 +93,7 @@ class Trainer:
         ref: MetaPolicy | None = None,
         progress: bool = True,
         critic_state_size: int | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self.name, self.cfg = name, cfg
         self.update: Callable[..., dict[str, float]] = update
@@ -94,13 +108,18 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.policy = self.start_policy(policy, critic_state_size)
         self.ref = copy.deepcopy(ref if ref is not None else self.policy).requires_grad_(False)
-        # foreach: one fused kernel per step over all parameters, not one loop per tensor.
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, foreach=True)
+        # fused: one kernel per step over all parameters (on CPU, foreach still loops over
+        # the tensors: twice the time of this tiny network's step).
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, fused=True)
         self.kl = make_kl_controller(cfg)  # beta of each update (`cfg.kl_control`)
         self.history: History = []
         self.start = 0
         self.progress = progress
         self.out = Path(cfg.out) if cfg.out else None
+        self.boundary: dict[str, Any] | None = None  # the state after the last whole update
+        self._config_dict: dict[str, Any] | None = None
+        self.resumed = False
+        self.tracker = tracker  # TensorBoard / W&B (`algorithms.tracking`): rows, config
 
     def start_policy(self, policy: MetaPolicy | None, critic_state_size: int | None) -> MetaPolicy:
         """`policy`, or fresh weights; given a value head when the method needs one."""
@@ -114,48 +133,53 @@ class Trainer:
         return with_value_head(policy, critic_state_size, generator=weights)
 
     # -------------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> None:
-        if self.out is None:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        payload = {
+    def config_dict(self) -> dict[str, Any]:
+        """``asdict(cfg)``, made once (only runs that write checkpoints need it)."""
+        if self._config_dict is None:
+            self._config_dict = asdict(self.cfg)
+        return self._config_dict
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as of now (an update boundary), copied: the
+        policy, the KL anchor, the optimizer, the generator, beta's controller and the
+        history (`algorithms.checkpoint` lists what each entry is)."""
+        return {
             "algo": self.name,
-            "config": asdict(self.cfg),
+            "config": self.config_dict(),
             "update": len(self.history),
-            "policy": self.policy.state_dict(),
+            "total": self.cfg.updates,
+            "policy": copy.deepcopy(self.policy.state_dict()),
             "policy_config": asdict(self.policy.config),
-            "ref": self.ref.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "history": self.history,
+            "ref": self.ref.state_dict(),  # never trained: no copy needed
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "history": list(self.history),
             "generator": self.generator.get_state(),
-            "kl_controller": self.kl.state_dict(),
+            "kl_controller": copy.deepcopy(self.kl.state_dict()),
         }
-        tmp = self.out / "checkpoint.pt.tmp"
-        torch.save(payload, tmp)
-        tmp.replace(self.out / "checkpoint.pt")  # atomic: a kill never leaves half a file
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the last update boundary's state to ``out/checkpoint.pt`` (atomically);
+        returns the path (None without `out`). Called between updates, on Ctrl-C and on
+        SIGTERM: a stop in the middle of an update saves the state before it."""
+        if self.out is None:
+            return None
+        return write_checkpoint(self.out, self.boundary or self.snapshot())
 
     def resume(self) -> bool:
-        """Load ``out/checkpoint.pt`` if there is one; returns whether it did."""
-        if self.out is None or not (self.out / "checkpoint.pt").exists():
-            return False
-        path = self.out / "checkpoint.pt"
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if payload["algo"] != self.name:
-            raise ValueError(
-                f"{path} is a {payload['algo']} checkpoint, not {self.name}: pick another --out"
-            )
+        """Continue from ``out/checkpoint.pt``; refused, with the reason, when there is none,
+        when it is damaged, or when another method or another config wrote it
+        (`algorithms.checkpoint.resume_checkpoint`). Returns True."""
+        payload = resume_checkpoint(self.out, self.name, self.cfg)
         self.policy.load_state_dict(payload["policy"])
         self.ref.load_state_dict(payload["ref"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.history = payload["history"]
+        self.history = list(payload["history"])
         if "kl_controller" in payload:  # absent from checkpoints before KL controllers
             self.kl.load_state_dict(payload["kl_controller"])
         self.start = payload["update"]
         # Checkpoints written before trainers owned a generator hold the global state.
-        self.generator.set_state(payload.get("generator", payload.get("torch_rng")))
-        # Rows logged after the checkpoint will be produced again: keep the log in step.
-        with open(self.out / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.history)
+        self.generator.set_state(payload["generator" if "generator" in payload else "torch_rng"])
+        self.resumed = True
         return True
 
     # -------------------------------------------------------------- loop
@@ -197,25 +221,30 @@ class Trainer:
 
     def run(self) -> tuple[MetaPolicy, History]:
         cfg = self.cfg
+        if self.out is not None:
+            if not self.resumed and (warning := unfinished(self.out)):
+                warnings.warn(warning, stacklevel=2)
+            # Rows logged after the checkpoint will be produced again; a fresh run starts
+            # an empty log: either way the log holds exactly this run's history.
+            write_metrics(self.out, self.history)
+            self.boundary = self.snapshot()  # what Ctrl-C saves before the first update ends
+        start_run(self.tracker, self.name, cfg)
         bar = tqdm(
             range(self.start, cfg.updates), desc=self.name, disable=not self.progress, leave=False
         )
-        try:
+        with saved_on_interrupt(self.save_checkpoint):
             for u in bar:
                 record = self.step(u)
                 self.history.append(record)
+                log_row(self.tracker, record, u)
                 bar.set_postfix(
                     acc=f"{record['team_accuracy']:.3f}", persist=f"{record['persist_share']:.2f}"
                 )
                 if self.out is not None:
-                    self.out.mkdir(parents=True, exist_ok=True)
-                    with open(self.out / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    self.boundary = self.snapshot()
+                    append_metrics(self.out, record)
                     if (u + 1) % cfg.checkpoint_every == 0:
                         self.save_checkpoint()
-        except KeyboardInterrupt:
-            self.save_checkpoint()
-            raise
         if self.out is not None:
             self.save_checkpoint()
             self.policy.save(self.out / "policy.pt", algo=self.name, train_config=asdict(cfg))
@@ -230,11 +259,12 @@ def make_train(
     critic_state_size: Callable[[C], int] | None = None,
     doc: str = "",
 ) -> Callable[..., tuple[MetaPolicy, History]]:
-    """The ``train(cfg=None, policy=None, ref=None, progress=True, resume=False)`` of the
-    method `name`: `update` inside the shared `Trainer` loop, with ``config()`` when no
-    `cfg` is given. `critic_state_size(cfg)`, for methods with a value head (PPO), gives
-    the size of the global state the critic reads (0: none); a start policy without a
-    value head gets one. `doc` becomes the function's docstring."""
+    """The ``train(cfg=None, policy=None, ref=None, progress=True, resume=False,
+    tracker=None)`` of the method `name`: `update` inside the shared `Trainer` loop, with
+    ``config()`` when no `cfg` is given; `tracker` (`algorithms.tracking`) also gets the
+    config and every row of ``metrics.jsonl``. `critic_state_size(cfg)`, for methods with
+    a value head (PPO), gives the size of the global state the critic reads (0: none); a
+    start policy without a value head gets one. `doc` becomes the function's docstring."""
 
     def train(
         cfg: C | None = None,
@@ -242,10 +272,13 @@ def make_train(
         ref: MetaPolicy | None = None,
         progress: bool = True,
         resume: bool = False,
+        tracker: Tracker | None = None,
     ) -> tuple[MetaPolicy, History]:
         cfg = cfg if cfg is not None else config()
         size = critic_state_size(cfg) if critic_state_size is not None else None
-        trainer = Trainer(name, cfg, update, policy, ref, progress, critic_state_size=size)
+        trainer = Trainer(
+            name, cfg, update, policy, ref, progress, critic_state_size=size, tracker=tracker
+        )
         if resume:
             trainer.resume()
         return trainer.run()

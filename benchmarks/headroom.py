@@ -7,20 +7,34 @@ oracle, the pattern's share of the total gap, and how well the observable signal
 right answer from a wrong one there (AUROC of each confidence signal).
 
     python benchmarks/headroom.py --profile llama3.1-8b/gsm8k [--policy runs/srpo/policy.pt]
+
+``--signal-axis``: where the headroom is at each correctness-signal strength. For the
+``/self`` (own signals only, judge AUROC 0.62) and ``/verifier`` (a trained verifier,
+`agents.profiles.VERIFIER_AUROC`) variants of every GSM8K and MATH profile, `run_compare`
+with SoftRankPO at a budget (``quick`` by default) gives, on the same held-out questions and
+seeds: the best heuristic protocol (every protocol the env can run, `applicable_protocols`;
+`verifier_threshold` only with a verifier), SoftRankPO and the oracle.
+
+    python benchmarks/headroom.py --signal-axis [--budget quick] [--profiles qwen2.5-7b/math]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import mannwhitneyu
 
+from agents.profiles import BACKBONES, get_profile
 from algorithms.heuristics import make_protocol
 from deliberation_env import VectorDeliberationEnv
 from deliberation_env.config import DEFAULT_PROFILE
+
+SIGNAL_BENCHMARKS = ("gsm8k", "math")
+NOT_HEURISTICS = ("oracle", "softrankpo")
 
 
 def play(policy, env: VectorDeliberationEnv, seed: int) -> tuple[np.ndarray, dict]:
@@ -50,14 +64,93 @@ def auroc(score: np.ndarray, label: np.ndarray) -> float:
     return float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
 
 
+def signal_axis(
+    profiles: list[str], budget: str, out: Path, seed: int = 0, progress: bool = False
+) -> list[dict]:
+    """One row per profile and signal variant: best heuristic, SoftRankPO, oracle (team
+    accuracy, mean over the budget's evaluation seeds, with 95% intervals)."""
+    from experiments.compare import run_compare
+
+    rows = []
+    for base in profiles:
+        for variant in ("self", "verifier"):
+            name = f"{base}/{variant}"
+            start = time.perf_counter()
+            res = run_compare(
+                budget, out / name.replace("/", "_"), profile=name, seed=seed,
+                methods=("softrankpo",), progress=progress,
+            )  # fmt: skip
+            acc = {m: r["team_accuracy"] for m, r in res["methods"].items()}
+            heuristics = {m: a for m, a in acc.items() if m not in NOT_HEURISTICS}
+            best = max(heuristics, key=lambda m: heuristics[m]["mean"])
+            row = {
+                "profile": base,
+                "signal": variant,
+                "verifier_auroc": get_profile(name).verifier_auroc,
+                "best_heuristic": best,
+                "seconds": time.perf_counter() - start,
+                **{
+                    key: {"mean": acc[m]["mean"], "ci95": acc[m]["ci95"]}
+                    for key, m in (
+                        ("best", best),
+                        ("softrankpo", "softrankpo"),
+                        ("oracle", "oracle"),
+                    )
+                },
+                "heuristics": {m: a["mean"] for m, a in heuristics.items()},
+            }
+            rows.append(row)
+            print(_signal_row(row), flush=True)
+    return rows
+
+
+def _signal_row(r: dict) -> str:
+    def cell(key: str) -> str:
+        m, (lo, hi) = r[key]["mean"], r[key]["ci95"]
+        return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    auroc = "-" if r["verifier_auroc"] is None else f"{r['verifier_auroc']:.3f}"
+    gap = r["oracle"]["mean"] - r["best"]["mean"]
+    closed = (r["softrankpo"]["mean"] - r["best"]["mean"]) / gap if gap > 0 else float("nan")
+    return (
+        f"| {r['profile']} | {r['signal']} | {auroc} | {r['best_heuristic']} {cell('best')} | "
+        f"{cell('softrankpo')} | {cell('oracle')} | {gap:+.3f} | {closed:+.2f} |"
+    )
+
+
+SIGNAL_HEADER = (
+    "| profile | signal | verifier AUROC | best heuristic | SoftRankPO | oracle | "
+    "oracle - best | share of that gap SoftRankPO closes |\n|---|---|---|---|---|---|---|---|"
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default=DEFAULT_PROFILE)
+    parser.add_argument(
+        "--signal-axis", action="store_true", help="the self vs verifier table (see above)"
+    )
+    parser.add_argument("--budget", default="quick", help="--signal-axis: the training budget")
+    parser.add_argument(
+        "--profiles",
+        nargs="*",
+        default=[f"{bb}/{bm}" for bm in SIGNAL_BENCHMARKS for bb in BACKBONES],
+        help="--signal-axis: backbone/benchmark profiles (each run as /self and /verifier)",
+    )
     parser.add_argument("--episodes", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy", help="a trained policy.pt to place beside the protocols")
     parser.add_argument("--out", default="runs/bench/headroom.json")
     args = parser.parse_args()
+
+    if args.signal_axis:
+        out = Path(args.out).with_suffix("")
+        print(f"Headroom by signal strength, budget {args.budget!r}\n\n{SIGNAL_HEADER}")
+        rows = signal_axis(args.profiles, args.budget, out, args.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "signal_axis.json").write_text(json.dumps(rows, indent=2))
+        print(f"\n{SIGNAL_HEADER}\n" + "\n".join(_signal_row(r) for r in rows))
+        return
 
     env = VectorDeliberationEnv(
         args.episodes, autoreset=False, profile=args.profile, tasks="arithmetic:5000"

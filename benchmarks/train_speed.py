@@ -4,10 +4,11 @@ side in one run on one core, each with its ratio to the env-only rate at the sam
 
     python benchmarks/train_speed.py [--updates 10] [--seconds 2] [--profile PROFILE]
 
-Rows: env-only and env + inference at B in `--batch-sizes`; every method at the quick
-budget's shape (32 questions x 8 rollouts: B = 256) and at ``deliberate train``'s default
-(its config's defaults: B = 512). Prints a Markdown table with the issue's targets and
-writes ``runs/bench/train_speed.json``. Compare the ratios, measured in the same run.
+Rows: env-only, env + inference and inference-only (the policy alone) at B in
+`--batch-sizes`; every method at the quick budget's shape (32 questions x 8 rollouts:
+B = 256) and at ``deliberate train``'s default (its config's defaults: B = 512). Prints a
+Markdown table with the issue's targets and writes ``runs/bench/train_speed.json``. Compare
+the ratios, measured in the same run.
 """
 
 from __future__ import annotations
@@ -43,30 +44,38 @@ TARGET_PPO_RATE = 25_000
 
 def stepping_rates(
     env_cfg: EnvConfig, batch: int, seconds: float, repeats: int = 3
-) -> tuple[float, float]:
-    """(env-only, env + inference) agent-steps/s of the autoresetting vector env at
-    `batch`: random mask-respecting actions, or actions sampled from a fresh `MetaPolicy`.
-    The two are timed in alternation, `repeats` times each, and the best of each kept, so
-    a load that comes and goes on a shared machine hits both alike."""
+) -> tuple[float, float, float]:
+    """(env-only, env + inference, inference-only) agent-steps/s of the autoresetting
+    vector env at `batch`: random mask-respecting actions, or actions sampled from a fresh
+    `MetaPolicy`; the last is the policy alone (forward and sampling on one batch of
+    observations, no env step). The three are timed in alternation, `repeats` times each,
+    and the best of each kept, so a load that comes and goes on a shared machine hits them
+    alike."""
     venv = VectorDeliberationEnv(batch, config=env_cfg)
     net = make_policy(TrainConfig(env=env_cfg))
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
     obs, info = venv.reset(seed=0)
 
-    def tick(policy: bool) -> None:
+    def infer(obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits = net(torch.as_tensor(obs), torch.as_tensor(mask))
+        return sample_actions(logits, gen)[0]
+
+    def tick(policy: bool | None) -> None:
         nonlocal obs, info
         mask = info["action_mask"]
+        if policy is None:  # inference only
+            infer(obs, mask)
+            return
         if not policy:
             k = (rng.random(mask.shape[:-1]) * mask.sum(-1)).astype(np.int64)
             actions = (np.cumsum(mask, axis=-1) <= k[..., None]).sum(-1)
         else:
-            with torch.inference_mode():
-                logits = net(torch.as_tensor(obs), torch.as_tensor(mask))
-            actions, _ = sample_actions(logits, gen)
+            actions = infer(obs, mask)
         obs, _, _, _, info = venv.step(actions)
 
-    def rate(policy: bool) -> float:
+    def rate(policy: bool | None) -> float:
         tick(policy)  # warm-up
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / repeats:
@@ -74,10 +83,10 @@ def stepping_rates(
             steps += 1
         return steps * batch * venv.num_agents / (time.perf_counter() - start)
 
-    best = [0.0, 0.0]
+    best = [0.0, 0.0, 0.0]
     for _ in range(repeats):
-        best = [max(best[0], rate(False)), max(best[1], rate(True))]
-    return best[0], best[1]
+        best = [max(b, rate(p)) for b, p in zip(best, (False, True, None), strict=True)]
+    return best[0], best[1], best[2]
 
 
 def train_rate(name: str, shape: str, updates: int, env: EnvConfig) -> dict[str, Any]:
@@ -120,9 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
     env_only: dict[int, float] = {}
     rows: list[dict[str, Any]] = []
     for b in args.batch_sizes:
-        env_only[b], rate = stepping_rates(env, b, args.seconds)
+        env_only[b], rate, alone = stepping_rates(env, b, args.seconds)
         rows.append({"row": "env only", "batch": b, "agent_steps_per_s": env_only[b]})
         rows.append({"row": "env + inference", "batch": b, "agent_steps_per_s": rate})
+        rows.append({"row": "inference only", "batch": b, "agent_steps_per_s": alone})
     for shape in args.shapes:
         for name in args.methods:
             if name == "sb3_ppo" and shape != "quick":

@@ -29,6 +29,7 @@ from deliberation_env.protocol import (
 from deliberation_env.rng import seeds
 from deliberation_env.tasks import load_tasks, normalize_answer, verify
 from deliberation_env.tasks.task import Task
+from deliberation_env.validate import ValidatedBackend, check_solutions
 
 BACKENDS: dict[str, str | Callable[..., Any]] = {}
 """Registered backend factories: a callable or a lazy ``"module:attribute"`` path."""
@@ -119,18 +120,31 @@ def _load_spec(spec: str) -> tuple[Task, ...]:
 
 
 def make_backend_for(config: EnvConfig) -> tuple[BatchBackend, list[Task]]:
-    """Build the backend of `config` (bound to its tasks) and its task list."""
+    """Build the backend of `config` (bound to its tasks) and its task list.
+
+    The backend comes wrapped in a `ValidatedBackend`: every solution it returns is checked
+    once, here at the env's edge (`deliberation_env.validate`).
+    """
     tasks = list(_load_spec(config.tasks) if isinstance(config.tasks, str) else config.tasks)
     if not tasks:
         raise ValueError(f"tasks={config.tasks!r} gave no tasks; pass a non-empty task source")
-    backend = make_backend(config.backend, profile=config.profile, **config.backend_kwargs)
+    inner = make_backend(config.backend, profile=config.profile, **config.backend_kwargs)
+    backend = ValidatedBackend(inner, _source(config.backend, unwrap(inner)))
     backend.bind(tasks, config.num_agents)
     return backend, tasks
 
 
+def _source(spec: Any, backend: Any) -> str:
+    """How errors name a backend: ``"backend 'hf' (HFBackend)"`` or ``"backend MyBackend"``."""
+    kind = type(backend).__name__
+    return f"backend {spec!r} ({kind})" if isinstance(spec, str) else f"backend {kind}"
+
+
 def unwrap(backend: BatchBackend) -> Any:
     """The backend object a user configured: the text `Backend` behind the adapter, or
-    the `BatchBackend` itself."""
+    the `BatchBackend` itself (without the env's `ValidatedBackend`)."""
+    if isinstance(backend, ValidatedBackend):
+        backend = backend.inner
     return backend.backend if isinstance(backend, TextBackendAdapter) else backend
 
 
@@ -163,19 +177,23 @@ class TextBackendAdapter:
             SolveRequest(self.tasks[t], int(a), int(s))
             for t, a, s in zip(view.task_index, view.agent, seeds(view.keys))
         ]
-        return self._to_batch(self.backend.solve(requests), view.task_index)
+        return self._to_batch(self.backend.solve(requests), requests, view.task_index)
 
     def refine_batch(self, view: BatchView) -> SolutionBatch:
         records = view.state.records
         N = records.shape[1]
+        visible = view.peer_mask()  # under a topology only the peers the agent reads
         requests = []
-        for b, a, t, s in zip(view.env, view.agent, view.task_index, seeds(view.keys)):
-            peers = tuple(records[b, (a + k) % N] for k in range(1, N))
+        for m, (b, a, t, s) in enumerate(
+            zip(view.env, view.agent, view.task_index, seeds(view.keys))
+        ):
+            order = [(a + k) % N for k in range(1, N)]
+            peers = tuple(records[b, j] for j in order if visible[m, j])
             round_ = int(view.state.round[b]) + 1
             requests.append(
                 RefineRequest(self.tasks[t], int(a), records[b, a], peers, int(s), round_)
             )
-        return self._to_batch(self.backend.refine(requests), view.task_index)
+        return self._to_batch(self.backend.refine(requests), requests, view.task_index)
 
     def answer_text(self, task_index: int, answer_id: int) -> str | None:
         return None if answer_id == UNPARSED else self._answers[answer_id]
@@ -199,29 +217,46 @@ class TextBackendAdapter:
             try:
                 self._correct[key] = bool(verify(task, norm))
             except NotImplementedError:
-                # Code answers cannot be executed yet: never count an unchecked answer right.
+                # A code task without unit tests: never count an unchecked answer right.
                 self._correct[key] = False
         return aid, self._correct[key]
 
-    def _to_batch(self, solutions: list[Solution], task_index: np.ndarray) -> SolutionBatch:
-        if len(solutions) != len(task_index):
+    def _to_batch(
+        self,
+        solutions: list[Solution],
+        requests: Sequence[SolveRequest | RefineRequest],
+        task_index: np.ndarray,
+    ) -> SolutionBatch:
+        source = f"backend {type(self.backend).__name__}"
+        if not isinstance(solutions, Sequence) or len(solutions) != len(task_index):
+            got = f"{len(solutions)} solutions" if isinstance(solutions, Sequence) else (
+                type(solutions).__name__
+            )  # fmt: skip
             raise RuntimeError(
-                f"{type(self.backend).__name__} returned {len(solutions)} solutions for "
-                f"{len(task_index)} requests; a backend must answer every request in order"
+                f"{source} returned {got} for {len(task_index)} requests; a backend must "
+                "answer every request in order, with a list of Solution records"
             )
+        check_solutions(solutions, requests, source)
         ids = [self._answer_id(int(t), sol.answer) for t, sol in zip(task_index, solutions)]
         records = np.empty(len(solutions), object)
         records[:] = solutions
         lp = [np.nan if s.logprob_confidence is None else s.logprob_confidence for s in solutions]
+        # Confidences (and verifier scores) stay float64 until the env has clipped them: a
+        # finite 1e300 would be an infinite float32. The state stores float32, rounding as
+        # before.
         return SolutionBatch(
             answer=np.array([i for i, _ in ids], np.int32),
             correct=np.array([c for _, c in ids], bool),
-            self_confidence=np.array([s.self_confidence for s in solutions], np.float32),
-            judge_confidence=np.array([s.judge_confidence for s in solutions], np.float32),
-            logprob_confidence=np.array(lp, np.float32),
+            self_confidence=np.array([s.self_confidence for s in solutions], np.float64),
+            judge_confidence=np.array([s.judge_confidence for s in solutions], np.float64),
+            logprob_confidence=np.array(lp, np.float64),
             steps=np.array([s.steps for s in solutions], np.float32),
             operators=np.array([s.operators for s in solutions], np.float32),
             prompt_tokens=np.array([s.prompt_tokens for s in solutions], np.int64),
             completion_tokens=np.array([s.completion_tokens for s in solutions], np.int64),
             records=records,
+            verifier_score=np.array(
+                [np.nan if s.verifier_score is None else s.verifier_score for s in solutions],
+                np.float64,
+            ),
         )

@@ -11,11 +11,16 @@ from typing import cast
 
 import numpy as np
 
-from deliberation_env import rng, voting
+from deliberation_env import rng, topology, voting
 from deliberation_env.actions import NUM_ACTIONS, Action
-from deliberation_env.backends import make_backend_for, unwrap
+from deliberation_env.backends import make_backend, make_backend_for, unwrap
 from deliberation_env.config import EnvConfig, check_int
-from deliberation_env.observation import ObservationLayout, agent_features, build_observations
+from deliberation_env.observation import (
+    ObservationLayout,
+    agent_features,
+    backend_groups,
+    build_observations,
+)
 from deliberation_env.protocol import BatchBackend, BatchView, Solution, SolutionBatch
 from deliberation_env.rewards import consensus_terms, terminal_terms, token_cost_term
 from deliberation_env.state import SOLUTION_FIELDS, State
@@ -47,6 +52,23 @@ def derive_keys(base: np.ndarray, episode: np.ndarray, leader: np.ndarray) -> tu
     return key, init
 
 
+def layout_for(config: EnvConfig) -> ObservationLayout:
+    """The observation layout of the envs `config` builds (for code that has a config but
+    no env, such as a policy's constructor). A named backend is built to ask it which
+    optional groups it fills (cheap for the simulator; a local model loads its weights)."""
+    backend: object = config.backend
+    if isinstance(backend, str):
+        built = make_backend(backend, profile=config.profile, **config.backend_kwargs)
+        backend = unwrap(built)
+        groups = backend_groups(backend)
+        close = getattr(built, "close", None)
+        if callable(close):
+            close()
+    else:
+        groups = backend_groups(unwrap(cast(BatchBackend, backend)))
+    return ObservationLayout(config.max_peers, groups | topology.groups(config.topology))
+
+
 class DeliberationCore:
     """B independent deliberation episodes advanced in lock-step."""
 
@@ -55,8 +77,11 @@ class DeliberationCore:
         self.config = config
         self.num_envs = num_envs
         self.num_agents = config.num_agents
-        self.layout = ObservationLayout(config.max_peers)
-        self.state = State.empty(num_envs, config.num_agents)
+        self._layout: ObservationLayout | None = None
+        self.state = State.empty(num_envs, config.num_agents, config.max_rounds)
+        self.state.graph[:] = topology.resolve(
+            config.topology, config.num_agents, config.max_rounds
+        )
         self._backend: BatchBackend | None = None
         self.tasks: list[Task] = []
         self._arange = np.arange(config.num_agents)
@@ -77,6 +102,23 @@ class DeliberationCore:
     @property
     def backend(self) -> BatchBackend:
         return self.ensure_backend()
+
+    @property
+    def layout(self) -> ObservationLayout:
+        """The observation layout: `max_peers` slots and the optional feature groups the
+        backend fills (`deliberation_env.observation.backend_groups`), plus "topology"
+        under a communication graph (`deliberation_env.topology.groups`)."""
+        if self._layout is None:
+            groups = backend_groups(unwrap(self.ensure_backend()))
+            groups |= topology.groups(self.config.topology)
+            self._layout = ObservationLayout(self.config.max_peers, groups)
+            if self.config.concede_rule == "most_verified" and "verifier" not in groups:
+                raise ValueError(
+                    "concede_rule='most_verified' needs a backend with a verifier (a "
+                    "'.../verifier' simulator profile, HFBackend(verifier=...), "
+                    "OpenAIBackend(verifier_model=...)); this backend scores no solution"
+                )
+        return self._layout
 
     def reset(
         self,
@@ -187,12 +229,20 @@ class DeliberationCore:
             return
         s = self.state
         rb, ra = np.nonzero(refine)
+        # The round's graph. When every refiner reads everyone the view's peers stay None,
+        # so the complete graph takes the backends' original path (bit-identical draws).
+        visible = s.graph[rb, np.minimum(s.round[rb], self.config.max_rounds - 1), ra]
+        peers = None
+        if not visible.all():
+            peers = visible.copy()
+            peers[np.arange(len(ra)), ra] = False
         view = BatchView(
             env=rb,
             agent=ra,
             task_index=s.task_index[rb],
             keys=rng.derive(s.key[rb], _REFINE, s.round[rb], ra),
             state=s,
+            peers=peers,
         )
         batch = self.backend.refine_batch(view)
         self._write(batch, rb, ra)
@@ -242,6 +292,20 @@ class DeliberationCore:
             terms = {k: v * active[:, None] for k, v in terms.items()}
         return terms
 
+    def set_graph(self, graph: np.ndarray, envs: np.ndarray | None = None) -> None:
+        """Set the communication graph ``[len(envs), T, N, N]`` bool of `envs` (default
+        all), diagonal True (`deliberation_env.topology.batch` builds one); REFINEs from
+        the next step on read it."""
+        envs = np.arange(self.num_envs) if envs is None else np.asarray(envs)
+        self.state.graph[envs] = graph
+
+    def visible(self) -> np.ndarray:
+        """``[B, N, N]`` bool: whom each agent reads if it REFINEs in the next step (the
+        last round's graph once an episode has ended); the diagonal is True."""
+        s = self.state
+        r = np.minimum(s.round, self.config.max_rounds - 1)
+        return s.graph[np.arange(self.num_envs), r]
+
     # ------------------------------------------------------------------ counterfactuals
     def spawn(self, num_envs: int) -> DeliberationCore:
         """A scratch core of `num_envs` envs sharing this one's config, backend and tasks."""
@@ -272,6 +336,8 @@ class DeliberationCore:
             s.answer >= 0,
             s.changed,
             s.last_action,
+            s.verifier_score,
+            self.layout.groups,
         )
         return build_observations(
             feats,
@@ -279,6 +345,8 @@ class DeliberationCore:
             self.in_plurality(),
             s.round / self.config.max_rounds,
             self.config.max_peers,
+            self.layout.groups,
+            self.visible() if "topology" in self.layout.groups else None,
         )
 
     def action_masks(self) -> np.ndarray:
@@ -333,7 +401,10 @@ class DeliberationCore:
         for f in fields(SolutionBatch):
             if f.name in ("prompt_tokens", "completion_tokens"):
                 continue
-            getattr(s, f.name)[b, a] = getattr(batch, f.name)
+            value = getattr(batch, f.name)
+            if value is None and f.name == "verifier_score":
+                value = np.nan  # a backend without a verifier
+            getattr(s, f.name)[b, a] = value
         s.length[b, a] = batch.completion_tokens
 
     def _noise(self) -> np.ndarray | None:
@@ -359,6 +430,9 @@ class DeliberationCore:
             # Holders of j's answer among i's peers; the most confident holder breaks ties.
             count = voting.sum_small(same)[:, None, :] - same.transpose(0, 2, 1)
             score = count * 10.0 + conf[:, None, :]
+        elif self.config.concede_rule == "most_verified":
+            verified = np.nan_to_num(s.verifier_score.astype(np.float64), nan=-1.0)
+            score = np.broadcast_to(verified[:, None, :], same.shape).copy()
         else:
             score = np.broadcast_to(conf[:, None, :], same.shape).copy()
         valid = parsed[:, None, :] & ~eye

@@ -47,11 +47,16 @@ PERSIST. The action mask (in `infos[agent]["action_mask"]`, and in the observati
 `obs_mode="dict"`) forbids CONCEDE when no peer has a parseable answer; a masked
 CONCEDE played anyway is a PERSIST.
 
+A communication graph (`topology=`, `deliberation_env.topology`, ``docs/topology.md``)
+limits whom REFINE reads: ``edges[i, j] = 1`` when agent i reads agent j (``"complete"``,
+the default, lets everyone read everyone). CONCEDE still picks from every peer.
+
 ## Observation
 
 The agent's own block, summary statistics of its peers, then one block per peer slot.
-The policy never sees text, answers or correctness. `ObservationLayout(max_peers)` in
-`deliberation_env.observation` holds this table (`.names()`, `.index(name)`);
+The policy never sees text, answers or correctness. `env.layout` (an `ObservationLayout`
+of `max_peers` and the optional groups the backend fills, `deliberation_env.observation`)
+holds this table (`.names()`, `.index(name)`);
 `obs_mode="dict"` gives `{"observation": ..., "action_mask": int8[3]}`.
 
 .. spec:observation, generated from deliberation_env/observation.py
@@ -100,6 +105,18 @@ The policy never sees text, answers or correctness. `ObservationLayout(max_peers
 | 37 + 14p | `peer{p}.last_refine` | 1 if the last action was REFINE | {0, 1} |
 | 38 + 14p | `peer{p}.last_concede` | 1 if the last action was CONCEDE | {0, 1} |
 
+Optional groups: an entry of a group is in the observation only when the env enables the group, which it does when its backend fills it (`verifier`: a verifier's score of every solution: enabled when the backend has a verifier (simulator profiles `.../verifier`, `HFBackend(verifier=...)`, `OpenAIBackend(verifier_model=...)`); `topology`: whom the agent reads when it REFINEs: enabled when the env has a communication graph (`topology=` anything but "complete"; `deliberation_env.topology`)). Enabled entries follow the entries above at the end of their block (own, summary, each peer slot), in this order, so the indices above hold in every layout; `env.layout` (an `ObservationLayout` with its `groups`) gives every index. The default env enables none.
+
+| group | name | meaning | range |
+| --- | --- | --- | --- |
+| `verifier` | `own.verifier_score` | a verifier's estimate that the answer is correct; 0 where it scored none | [0, 1] |
+| `verifier` | `summary.peer_verifier_score_mean` | mean verifier score of peers | [0, 1] |
+| `verifier` | `summary.peer_verifier_score_max` | max verifier score of peers | [0, 1] |
+| `topology` | `summary.peer_visible` | fraction of peers I read when I REFINE this round | [0, 1] |
+| `topology` | `summary.read_by` | fraction of peers that read my solution when they REFINE this round | [0, 1] |
+| `verifier` | `peer{p}.verifier_score` | a verifier's estimate that the answer is correct; 0 where it scored none | [0, 1] |
+| `topology` | `peer{p}.visible` | 1 if I read this peer's solution when I REFINE this round (the graph's edge) | {0, 1} |
+
 .. /spec:observation
 
 ## Rewards
@@ -142,6 +159,11 @@ The final infos add the episode's summary (below). Stepping a finished episode r
 
 .. /spec:infos
 
+`info_mode="numeric"` replaces these with fixed-shape numeric arrays under one key set at
+reset, every step and the last step (`NUMERIC_INFO_KEYS`: answers as ids, the reward terms
+as `reward_<term>`, the episode summary at every step with a `final` flag), for TorchRL,
+BenchMARL and other tensor pipelines; `docs/integrations.md`.
+
 ## Arguments
 
 `parallel_env(config=None, **overrides)` (and `DeliberationEnv`, `env` for AEC): `config`
@@ -156,9 +178,9 @@ view options `render_mode` and `obs_mode`, and any other keyword is a backend ar
 | `num_agents` | `int` | `3` | N, agents answering each question (paper: 3). At most `max_peers + 1`. |
 | `max_rounds` | `int` | `3` | T, deliberation rounds after the initial answers (paper: 3). |
 | `backend` | `str` or `BatchBackend` or `Backend` | `"simulated"` | A registered backend name (`"simulated"`, `"hf"`, `"openai"`), a text `Backend` instance or a `BatchBackend` instance. |
-| `profile` | `str` | `"llama3.1-8b/gsm8k"` | Simulated backend profile, `"backbone/benchmark"` (e.g. `"qwen2.5-7b/math"`) or `"toy"`; a `"@v0"` suffix selects the earlier (Deliberation-v0) calibration. Passed to backend factories with a `profile` parameter only; ignored by the others (`"hf"`, `"openai"`) and by backend instances. |
+| `profile` | `str` | `"llama3.1-8b/gsm8k"` | Simulated backend profile, `"backbone/benchmark"` (e.g. `"qwen2.5-7b/math"`) or `"toy"`; a `"@v0"` suffix selects the earlier (Deliberation-v0) calibration; `".../verifier"` adds a trained verifier's score of every solution (the "verifier" observation group; `".../self"`: the profile as is). Passed to backend factories with a `profile` parameter only; ignored by the others (`"hf"`, `"openai"`) and by backend instances. |
 | `tasks` | `str` or `Sequence[Task]` | `"arithmetic"` | A `load_tasks` spec (`"arithmetic"`, `"gsm8k:PATH"`, ...) or a sequence of `Task` (stored as a tuple). |
-| `concede_rule` | `"plurality"` or `"most_confident"` | `"plurality"` | Whom CONCEDE copies: `"plurality"` (the answer most peers hold, its most confident holder; our reading of the paper) or `"most_confident"` (the most confident peer). |
+| `concede_rule` | `"plurality"` or `"most_confident"` or `"most_verified"` | `"plurality"` | Whom CONCEDE copies: `"plurality"` (the answer most peers hold, its most confident holder; our reading of the paper), `"most_confident"` (the most confident peer) or `"most_verified"` (the peer with the highest verifier score; needs a backend with a verifier). |
 | `tie_break` | `"confidence"` or `"first"` or `"random"` | `"confidence"` | Plurality ties: `"confidence"` (highest summed verbalised confidence of the holders), `"first"` (the lowest-indexed holder's answer) or `"random"`. |
 | `vote` | `"plurality"` or `"weighted"` | `"plurality"` | Team answer: `"plurality"` (most holders, the paper's) or `"weighted"` (highest summed verbalised confidence, as RECONCILE; holders count breaks ties). |
 | `reward` | `"consensus"` or `"terminal"` | `"consensus"` | `"consensus"` (per-round shaping, the paper's) or `"terminal"` (team correctness, 0 or 1, at the last step, 0 before). |
@@ -167,14 +189,18 @@ view options `render_mode` and `obs_mode`, and any other keyword is a backend ar
 | `token_cost` | `float` | `0.0` | Reward subtracted per 1,000 tokens (prompt + completion) an agent spends in a round; >= 0, 0 turns it off. |
 | `stop_on_consensus` | `bool` | `False` | End the episode as soon as every agent holds the same parsed answer after a round (never at reset). |
 | `max_peers` | `int` | `4` | Peer slots in the observation; fixes its size whatever N is (N <= max_peers + 1). |
+| `topology` | `str` or `tuple[Any, ...]` | `"complete"` | Who reads whom when an agent REFINEs (`deliberation_env.topology`, docs/topology.md): `"complete"` (everyone reads everyone, the paper's setting), `"ring"`, `"star"`, `"chain"`, `"none"`, or a 0/1 matrix `[N, N]` / `[T, N, N]` (per round) with `edges[i, j] = 1` when agent i reads agent j. Any value but `"complete"` adds each peer's `visible` flag to the observation (the "topology" group). CONCEDE still copies from every peer. |
 | `backend_kwargs` | `Mapping[str, Any]` | `{}` | Arguments for the backend factory (`model`, `base_url`, `cache`, ...); never an `EnvConfig` field (`profile` included). Empty with a backend instance. |
 | `render_mode` | `str` or `None` | `None` | `"ansi"` (`render` returns the transcript), `"human"` (prints it) or None. A view option, not part of the env's `EnvConfig`. |
 | `obs_mode` | `"flat"` or `"dict"` | `"flat"` | `"flat"` (a Box) or `"dict"` (`{"observation", "action_mask"}`). A view option, not part of the env's `EnvConfig`. |
+| `info_mode` | `"python"` or `"numeric"` | `"python"` | `"python"` (the infos above) or `"numeric"` (every value a fixed-shape number or array, the same keys at reset and every step, answers as ids, and no `action_mask` key with `obs_mode="dict"`: for TorchRL, BenchMARL and other tensor pipelines; `NUMERIC_INFO_KEYS`). A view option. |
 
 .. /spec:arguments
 
 `reset(seed, options)`: all randomness of an episode comes from `seed` (task choice,
-backend sampling seeds, tie-breaks). `options={"task_index": i}` fixes the question.
+backend sampling seeds, tie-breaks). `options={"task_index": i}` fixes the question;
+`options={"topology": spec}` sets the episode's graph (else the config's), and
+`set_topology(edges)` changes it between steps without an action.
 
 ## Version history
 
@@ -205,7 +231,6 @@ print(env.render())
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
@@ -215,16 +240,39 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from deliberation_env import topology
 from deliberation_env.actions import NUM_ACTIONS, Action, validate_actions
-from deliberation_env.config import EnvConfig, check_seed
+from deliberation_env.config import EnvConfig, check_reset_options, check_seed
 from deliberation_env.core import DeliberationCore, derive_keys
-from deliberation_env.observation import ObservationLayout
 from deliberation_env.protocol import Solution
 from deliberation_env.rng import seed_key
 
 ObsMode = Literal["flat", "dict"]
 """`DeliberationEnv` observations: a flat Box, or a dict with the action mask."""
 OBS_MODES: tuple[ObsMode, ...] = get_args(ObsMode)
+InfoMode = Literal["python", "numeric"]
+"""`DeliberationEnv` infos: Python values (text answers, nested dicts, final keys at the
+last step only), or fixed-shape numeric arrays with one key set at every step."""
+INFO_MODES: tuple[InfoMode, ...] = get_args(InfoMode)
+REWARD_TERM_NAMES = {
+    "consensus": ("local", "global", "token_cost"),
+    "terminal": ("terminal", "token_cost"),
+}
+"""The reward's components by `EnvConfig.reward` (``infos[agent]["reward_terms"]``)."""
+NUMERIC_INFO_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("action_mask", "int8[3]", "1 where an action is allowed; only with obs_mode='flat'"),
+    ("answer", "int64", "my answer's id (equal ids in an episode, equal answers); -1 unparsed"),
+    ("correct", "bool", "my answer is correct (for logging; never in observations)"),
+    ("self_confidence", "float32", "my verbalised confidence"),
+    ("tokens", "int64", "tokens I spent in this reset (initial answer) or round"),
+    ("reward_{term}", "float32", "each reward component (`local`, `global` or `terminal`, `token_cost`); 0 at reset"),
+    ("team_answer", "int64", "the current team answer's id (-1 none); the final one where `final`"),
+    ("team_correct", "bool", "the current team answer is correct; the episode's result where `final`"),
+    ("total_tokens", "int64", "tokens of the episode so far, initial answers included"),
+    ("actions", "int64[3]", "the episode's action counts so far (PERSIST, REFINE, CONCEDE)"),
+    ("final", "bool", "1 at the episode's last step: the four keys above are its summary"),
+)  # fmt: skip
+"""``infos[agent]`` with ``info_mode="numeric"``: (key, dtype, meaning), in order."""
 RENDER_MODES = ("ansi", "human")
 _ACTION_NAMES = [a.name.lower() for a in Action]
 
@@ -242,11 +290,16 @@ class DeliberationEnv(ParallelEnv):
             or None. A view option, not part of the env's `EnvConfig`.
         obs_mode: ``"flat"`` (a Box) or ``"dict"`` (``{"observation", "action_mask"}``).
             A view option, not part of the env's `EnvConfig`.
+        info_mode: ``"python"`` (the infos above) or ``"numeric"`` (every value a
+            fixed-shape number or array, the same keys at reset and every step, answers as
+            ids, and no ``action_mask`` key with ``obs_mode="dict"``: for TorchRL,
+            BenchMARL and other tensor pipelines; `NUMERIC_INFO_KEYS`). A view option.
     """
 
     metadata = {
         "name": "deliberation_v1",
         "render_modes": list(RENDER_MODES),
+        "render_fps": 1,
         "is_parallelizable": True,
     }
 
@@ -256,29 +309,50 @@ class DeliberationEnv(ParallelEnv):
         *,
         render_mode: str | None = None,
         obs_mode: ObsMode = "flat",
+        info_mode: InfoMode = "python",
         **overrides: Any,
     ) -> None:
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode={obs_mode!r} is not one of {OBS_MODES}")
+        if info_mode not in INFO_MODES:
+            raise ValueError(f"info_mode={info_mode!r} is not one of {INFO_MODES}")
         if render_mode is not None and render_mode not in RENDER_MODES:
             raise ValueError(f"render_mode={render_mode!r} is not one of {RENDER_MODES} or None")
         self.config = EnvConfig.build(config, **overrides)
         self.obs_mode = obs_mode
+        self.info_mode = info_mode
         self.render_mode = render_mode
-        self.layout = ObservationLayout(self.config.max_peers)
         self.possible_agents = [f"agent_{i}" for i in range(self.config.num_agents)]
         self.agents: list[str] = []
         self.core = DeliberationCore(self.config, num_envs=1)
         self.core.ensure_backend()  # a bad profile, task source or backend fails here
+        self.layout = self.core.layout  # max_peers and the groups the backend fills
         self.state_space = spaces.Box(0.0, 1.0, (self.layout.state_size,), np.float32)
+        # One space object per agent, held by the env itself: a `functools.cache` on the
+        # methods would key on `self` and keep every env (and its backend) alive forever.
+        self._observation_spaces = {a: self._make_observation_space() for a in self.possible_agents}
+        self._action_spaces = {a: spaces.Discrete(NUM_ACTIONS) for a in self.possible_agents}
         self._base_key: np.ndarray | None = None
         self._episode = -1
         self._obs: np.ndarray | None = None
         self._transcript: list[str] = []
 
     # ------------------------------------------------------------------ spaces
-    @functools.cache  # noqa: B019 - PettingZoo's documented idiom
     def observation_space(self, agent: str) -> spaces.Space:
+        """The agent's observation space (the same object on every call)."""
+        try:
+            return self._observation_spaces[agent]
+        except (KeyError, TypeError):
+            raise self._unknown_agent(agent, "observation_space") from None
+
+    def action_space(self, agent: str) -> spaces.Space:
+        """The agent's action space, ``Discrete(3)`` (the same object on every call)."""
+        try:
+            return self._action_spaces[agent]
+        except (KeyError, TypeError):
+            raise self._unknown_agent(agent, "action_space") from None
+
+    def _make_observation_space(self) -> spaces.Space:
         box = spaces.Box(0.0, 1.0, (self.layout.size,), np.float32)
         if self.obs_mode == "flat":
             return box
@@ -286,12 +360,15 @@ class DeliberationEnv(ParallelEnv):
             {"observation": box, "action_mask": spaces.Box(0, 1, (NUM_ACTIONS,), np.int8)}
         )
 
-    @functools.cache  # noqa: B019
-    def action_space(self, agent: str) -> spaces.Space:
-        return spaces.Discrete(NUM_ACTIONS)
+    def _unknown_agent(self, agent: object, method: str) -> ValueError:
+        return ValueError(
+            f"{method}({agent!r}): no such agent; possible agents are {self.possible_agents} "
+            f"(num_agents={self.config.num_agents})"
+        )
 
     # ------------------------------------------------------------------ API
     def reset(self, seed: int | None = None, options: dict | None = None):
+        options = check_reset_options(options)
         if seed is not None:
             self._base_key = seed_key(np.array([check_seed(seed)], np.uint64))
             self._episode = 0
@@ -302,12 +379,18 @@ class DeliberationEnv(ParallelEnv):
             self._episode += 1
         key, init = derive_keys(self._base_key, np.array([self._episode]), np.array([0]))
         task_index = (options or {}).get("task_index")
+        self.set_topology((options or {}).get("topology", self.config.topology))
         self.core.reset(key, init, task_index=task_index)
         self.agents = self.possible_agents[:]
         obs = self._observe()
-        infos = self._infos(tokens=self.core.round_tokens[0])
+        if self.info_mode == "numeric":
+            infos = self._numeric_infos(self.core.round_tokens[0], None, False)
+        else:
+            infos = self._infos(tokens=self.core.round_tokens[0])
         if self.render_mode is not None:
-            self._transcript = self._header() + [self._round_line(0, None, infos)]
+            self._transcript = self._header() + [
+                self._round_line(0, None, self._infos(tokens=self.core.round_tokens[0]))
+            ]
             self._auto_render(self._transcript)
         return obs, infos
 
@@ -325,6 +408,13 @@ class DeliberationEnv(ParallelEnv):
         rewards = {a: float(result.rewards[0, i]) for i, a in enumerate(self.agents)}
         terminations = dict.fromkeys(self.agents, done)
         truncations = dict.fromkeys(self.agents, False)
+        if self.info_mode == "numeric":
+            numeric = self._numeric_infos(result.tokens[0], result.terms, done)
+            if self.render_mode is not None:
+                self._render_numeric(arr, result, done)
+            if done:
+                self.agents = []
+            return obs, rewards, terminations, truncations, numeric
         infos = self._infos(tokens=result.tokens[0])
         for i, agent in enumerate(self.agents):
             infos[agent]["reward_terms"] = {k: float(v[0, i]) for k, v in result.terms.items()}
@@ -343,17 +433,40 @@ class DeliberationEnv(ParallelEnv):
             self._auto_render(new_lines)
         return obs, rewards, terminations, truncations, infos
 
-    def render(self) -> str | None:
+    def render(self, mode: str | None = None) -> str | None:
+        """The episode's transcript: returned (``"ansi"``) or printed (``"human"``).
+
+        `mode` (RLlib's wrappers pass ``render(self.render_mode)``) overrides the env's
+        `render_mode` for this call; None uses it. The transcript is recorded only when the
+        env has a `render_mode`, so without one this warns and returns None.
+        """
+        if mode is not None and mode not in RENDER_MODES:
+            raise ValueError(f"render(mode={mode!r}): mode is not one of {RENDER_MODES} or None")
         if self.render_mode is None:
             gymnasium.logger.warn(
-                "render() called without a render_mode; pass render_mode='ansi' or 'human'"
+                "render() called on an env without a render_mode, which records no "
+                "transcript; build it with render_mode='ansi' or 'human'"
             )
             return None
         text = "\n".join(self._transcript)
-        if self.render_mode == "ansi":
+        if (mode or self.render_mode) == "ansi":
             return text
         print(text)
         return None
+
+    def set_topology(self, edges: Any) -> None:
+        """Set the communication graph REFINE reads from the next `step` on, without an
+        action: a topology name, ``[N, N]`` or ``[T, N, N]`` (per round), 0/1, ``edges[i,
+        j] = 1`` when agent i reads agent j (diagonal ignored). `reset` restores
+        ``options["topology"]`` or the config's; see ``docs/topology.md``."""
+        cfg = self.config
+        graph = topology.resolve(edges, cfg.num_agents, cfg.max_rounds, "edges")
+        self.core.set_graph(graph[None])
+
+    @property
+    def topology(self) -> np.ndarray:
+        """``[T, N, N]`` bool, a copy of the episode's graph per round (diagonal True)."""
+        return self.core.state.graph[0].copy()
 
     def state(self) -> np.ndarray:
         if self._obs is None:
@@ -402,6 +515,46 @@ class DeliberationEnv(ParallelEnv):
             }
             for i, a in enumerate(self.possible_agents)
         }
+
+    def _numeric_infos(
+        self, tokens: np.ndarray, terms: Mapping[str, np.ndarray] | None, final: bool
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """``info_mode="numeric"``: every value a 0-d or 1-d array, the same keys always."""
+        s, core = self.core.state, self.core
+        winner = int(core.team_winner()[0])
+        team_answer = np.asarray(s.answer[0, winner] if winner >= 0 else -1, np.int64)
+        shared = {
+            "team_answer": team_answer,
+            "team_correct": np.asarray(core.team_correct()[0], np.bool_),
+            "total_tokens": np.asarray(s.tokens[0], np.int64),
+            "actions": s.action_counts[0].astype(np.int64),
+            "final": np.asarray(final, np.bool_),
+        }
+        names = REWARD_TERM_NAMES.get(self.config.reward) or tuple(terms or ())
+        masks = core.action_masks()[0]
+        infos = {}
+        for i, a in enumerate(self.possible_agents):
+            info: dict[str, np.ndarray] = {}
+            if self.obs_mode == "flat":  # with "dict" the mask is in the observation only
+                info["action_mask"] = masks[i]
+            info["answer"] = np.asarray(s.answer[0, i], np.int64)
+            info["correct"] = np.asarray(s.correct[0, i], np.bool_)
+            info["self_confidence"] = np.asarray(s.self_confidence[0, i], np.float32)
+            info["tokens"] = np.asarray(tokens[i], np.int64)
+            for name in names:
+                value = 0.0 if terms is None or name not in terms else terms[name][0, i]
+                info[f"reward_{name}"] = np.asarray(value, np.float32)
+            infos[a] = {**info, **{k: v.copy() for k, v in shared.items()}}
+        return infos
+
+    def _render_numeric(self, arr: np.ndarray, result: Any, done: bool) -> None:
+        # The transcript reads text answers: build the Python infos for it.
+        infos = self._infos(tokens=result.tokens[0])
+        lines = [self._round_line(int(self.core.state.round[0]), arr, infos)]
+        if done:
+            lines.append(self._final_line(self._final_info(bool(result.team_correct[0]))))
+        self._transcript += lines
+        self._auto_render(lines)
 
     def _final_info(self, team_correct: bool) -> dict[str, Any]:
         s, core = self.core.state, self.core

@@ -8,14 +8,28 @@ All features lie in [0, 1]. The policy never sees text, answers or correctness.
 
 The tables below are the only place that orders features: `build_observations` writes
 every entry by its name, and `deliberation_env.spec` prints them into the docs.
+
+Optional feature groups. A feature may belong to a named group (``Feature(...,
+group="verifier")``, the groups listed in `GROUPS`): it is in the layout only when its group
+is enabled, ``ObservationLayout(max_peers, groups=frozenset({"verifier"}))``. The env
+enables a group when its backend fills it (`backend_groups`: the backend's
+``observation_groups`` attribute), so a default env keeps the layout without any group, entry
+for entry. Within each table a group's features follow every ungrouped one, so `OWN`,
+`SUMMARY` and `PEER` (the positions of the ungrouped features) hold in every layout, and a
+group's own, summary and peer entries sit at the end of their blocks. Code that reads
+observations takes the layout from the env (``env.layout``), never
+``ObservationLayout(max_peers)`` alone. Adding a group: name it in `GROUPS`, append its
+features (``group=NAME``) to the tables, fill its values in `agent_features` /
+`build_observations`, and give the backends that provide it ``observation_groups``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,11 +50,23 @@ class Feature:
     """Summary entries only: how the entry reduces a peer feature over all peers."""
     of: str | None = None
     """Summary entries only: the `PEER_FEATURES` name that `reduce` reads."""
+    group: str | None = None
+    """The optional group (a `GROUPS` name) the entry belongs to: it is in the layout only
+    when the group is enabled. None: always in the layout."""
 
     def __iter__(self) -> Iterator[str]:
         # ``for name, description in OWN_FEATURES`` keeps working (the tables were pairs).
         return iter((self.name, self.description))
 
+
+GROUPS: dict[str, str] = {
+    "verifier": "a verifier's score of every solution: enabled when the backend has a "
+    "verifier (simulator profiles `.../verifier`, `HFBackend(verifier=...)`, "
+    "`OpenAIBackend(verifier_model=...)`)",
+    "topology": "whom the agent reads when it REFINEs: enabled when the env has a "
+    'communication graph (`topology=` anything but "complete"; `deliberation_env.topology`)',
+}
+"""The optional feature groups and when the env enables each (see the module docstring)."""
 
 STEPS_SCALE = 20.0
 OPERATORS_SCALE = 40.0
@@ -58,6 +84,11 @@ AGENT_FEATURES: tuple[Feature, ...] = (
     Feature("last_persist", "1 if the last action was PERSIST (all three 0 in round 0)", FLAG),
     Feature("last_refine", "1 if the last action was REFINE", FLAG),
     Feature("last_concede", "1 if the last action was CONCEDE", FLAG),
+    Feature(
+        "verifier_score",
+        "a verifier's estimate that the answer is correct; 0 where it scored none",
+        group="verifier",
+    ),
 )
 """Features every agent has; they appear in the own block and in each peer block."""
 
@@ -75,6 +106,12 @@ PEER_FEATURES: tuple[Feature, ...] = (
     Feature("agrees", "1 if this peer's answer equals mine", FLAG),
     Feature("in_plurality", "1 if this peer's answer is the current team answer", FLAG),
     *AGENT_FEATURES,
+    Feature(
+        "visible",
+        "1 if I read this peer's solution when I REFINE this round (the graph's edge)",
+        FLAG,
+        group="topology",
+    ),
 )
 """One peer slot (zeros when the slot is empty)."""
 
@@ -129,65 +166,145 @@ SUMMARY_FEATURES: tuple[Feature, ...] = (
         of="last_concede",
     ),
     Feature("num_agents", "N / (max_peers + 1)"),
+    Feature(
+        "peer_verifier_score_mean",
+        "mean verifier score of peers",
+        reduce="mean",
+        of="verifier_score",
+        group="verifier",
+    ),
+    Feature(
+        "peer_verifier_score_max",
+        "max verifier score of peers",
+        reduce="max",
+        of="verifier_score",
+        group="verifier",
+    ),
+    Feature(
+        "peer_visible",
+        "fraction of peers I read when I REFINE this round",
+        reduce="mean",
+        of="visible",
+        group="topology",
+    ),
+    Feature(
+        "read_by",
+        "fraction of peers that read my solution when they REFINE this round",
+        group="topology",
+    ),
 )
 """Statistics over all peers (0 when there are none); `reduce`/`of` say how each is made."""
+
+
+def _check_groups(table: str, features: tuple[Feature, ...]) -> None:
+    """Grouped features come after every ungrouped one (so base positions never move)."""
+    seen_group = False
+    for f in features:
+        if f.group is not None and f.group not in GROUPS:
+            raise ValueError(f"{table}: feature {f.name!r} has unknown group {f.group!r}")
+        if f.group is None and seen_group:
+            raise ValueError(f"{table}: ungrouped feature {f.name!r} follows a grouped one")
+        seen_group |= f.group is not None
+
+
+for _table, _features in (
+    ("AGENT_FEATURES", AGENT_FEATURES),
+    ("OWN_FEATURES", OWN_FEATURES),
+    ("SUMMARY_FEATURES", SUMMARY_FEATURES),
+    ("PEER_FEATURES", PEER_FEATURES),
+):
+    _check_groups(_table, _features)
+
+
+def active(features: tuple[Feature, ...], groups: frozenset[str]) -> tuple[Feature, ...]:
+    """The entries of a table that are in a layout with `groups` enabled, in table order."""
+    return tuple(f for f in features if f.group is None or f.group in groups)
 
 
 def _positions(features: tuple[Feature, ...]) -> dict[str, int]:
     return {f.name: i for i, f in enumerate(features)}
 
 
-OWN = _positions(OWN_FEATURES)
-"""Position of each own feature inside the own block."""
-SUMMARY = _positions(SUMMARY_FEATURES)
-"""Position of each summary feature inside the summary block."""
-PEER = _positions(PEER_FEATURES)
-"""Position of each peer feature inside a peer slot."""
-
-# Where `build_observations` writes, all read off the tables above.
-_OWN_AGENT = slice(OWN[AGENT_FEATURES[0].name], OWN[AGENT_FEATURES[0].name] + len(AGENT_FEATURES))
-_PEER_AGENT = slice(
-    PEER[AGENT_FEATURES[0].name], PEER[AGENT_FEATURES[0].name] + len(AGENT_FEATURES)
-)
+OWN = _positions(active(OWN_FEATURES, frozenset()))
+"""Position of each ungrouped own feature inside the own block (the same in every layout)."""
+SUMMARY = _positions(active(SUMMARY_FEATURES, frozenset()))
+"""Position of each ungrouped summary feature inside the summary block."""
+PEER = _positions(active(PEER_FEATURES, frozenset()))
+"""Position of each ungrouped peer feature inside a peer slot."""
 
 
-def _reductions(kind: str) -> tuple[list[int], list[int]]:
-    """(summary rows, peer-slot rows they reduce) of the summary entries made by `kind`."""
-    pairs = [(SUMMARY[f.name], PEER[f.of]) for f in SUMMARY_FEATURES if f.reduce == kind and f.of]
-    return [s for s, _ in pairs], [p for _, p in pairs]
-
-
-_MEAN_ROWS, _MEAN_OF = _reductions("mean")
-_MAX_ROWS, _MAX_OF = _reductions("max")
+def _rows(block: tuple[Feature, ...], names: list[str]) -> slice | list[int]:
+    """Positions of `names` in `block`: a slice when they are contiguous (a faster write)."""
+    pos = _positions(block)
+    rows = [pos[n] for n in names]
+    if rows and rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return rows
 
 
 @dataclass(frozen=True)
 class ObservationLayout:
-    """Offsets of the blocks of a flat observation for a given `max_peers`."""
+    """Offsets of the blocks of a flat observation for a given `max_peers` and enabled
+    optional `groups` (`GROUPS`; none by default: the layout of every env without them)."""
 
     max_peers: int
+    groups: frozenset[str] = frozenset()
+    """Enabled optional feature groups; take them from the env (``env.layout``)."""
+
+    def __post_init__(self) -> None:
+        groups = frozenset([self.groups] if isinstance(self.groups, str) else self.groups)
+        unknown = sorted(groups - GROUPS.keys())
+        if unknown:
+            raise ValueError(
+                f"unknown observation group(s) {unknown}; valid groups: {sorted(GROUPS)}"
+            )
+        object.__setattr__(self, "groups", groups)
+
+    @functools.cached_property
+    def own_features(self) -> tuple[Feature, ...]:
+        """The own block's entries in this layout."""
+        return active(OWN_FEATURES, self.groups)
+
+    @functools.cached_property
+    def summary_features(self) -> tuple[Feature, ...]:
+        return active(SUMMARY_FEATURES, self.groups)
+
+    @functools.cached_property
+    def peer_features(self) -> tuple[Feature, ...]:
+        """One peer slot's entries in this layout."""
+        return active(PEER_FEATURES, self.groups)
+
+    @functools.cached_property
+    def agent_features(self) -> tuple[Feature, ...]:
+        """The `AGENT_FEATURES` in this layout (the rows `agent_features` returns)."""
+        return active(AGENT_FEATURES, self.groups)
 
     @property
     def own(self) -> slice:
-        return slice(0, len(OWN_FEATURES))
+        return slice(0, len(self.own_features))
 
     @property
     def summary(self) -> slice:
-        start = len(OWN_FEATURES)
-        return slice(start, start + len(SUMMARY_FEATURES))
+        start = len(self.own_features)
+        return slice(start, start + len(self.summary_features))
+
+    @property
+    def peer_size(self) -> int:
+        """Entries of one peer slot."""
+        return len(self.peer_features)
 
     @property
     def peers(self) -> slice:
-        """Flat slice of all peer blocks; reshape to ``[max_peers, len(PEER_FEATURES)]``."""
-        start = len(OWN_FEATURES) + len(SUMMARY_FEATURES)
-        return slice(start, start + self.max_peers * len(PEER_FEATURES))
+        """Flat slice of all peer blocks; reshape to ``[max_peers, peer_size]``."""
+        start = self.summary.stop
+        return slice(start, start + self.max_peers * self.peer_size)
 
     def peer(self, p: int) -> slice:
         """Flat slice of peer slot `p` (0-based)."""
         if not 0 <= p < self.max_peers:
             raise IndexError(f"peer slot {p} is out of range 0..{self.max_peers - 1}")
-        start = self.peers.start + p * len(PEER_FEATURES)
-        return slice(start, start + len(PEER_FEATURES))
+        start = self.peers.start + p * self.peer_size
+        return slice(start, start + self.peer_size)
 
     @property
     def size(self) -> int:
@@ -196,7 +313,7 @@ class ObservationLayout:
     @property
     def state_size(self) -> int:
         """Size of the global state: an own block and a presence flag per agent slot."""
-        return (self.max_peers + 1) * (len(OWN_FEATURES) + 1)
+        return (self.max_peers + 1) * (len(self.own_features) + 1)
 
     def names(self) -> list[str]:
         """Name of every entry of the flat observation, in order."""
@@ -204,10 +321,10 @@ class ObservationLayout:
 
     def features(self) -> list[tuple[str, Feature]]:
         """``(name, Feature)`` of every entry of the flat observation, in order."""
-        rows = [(f"own.{f.name}", f) for f in OWN_FEATURES]
-        rows += [(f"summary.{f.name}", f) for f in SUMMARY_FEATURES]
+        rows = [(f"own.{f.name}", f) for f in self.own_features]
+        rows += [(f"summary.{f.name}", f) for f in self.summary_features]
         for p in range(self.max_peers):
-            rows += [(f"peer{p}.{f.name}", f) for f in PEER_FEATURES]
+            rows += [(f"peer{p}.{f.name}", f) for f in self.peer_features]
         return rows
 
     def index(self, name: str) -> int:
@@ -215,14 +332,78 @@ class ObservationLayout:
         try:
             return self._positions[name]
         except KeyError:
+            feature = name.rpartition(".")[2]
+            groups = sorted(
+                {
+                    f.group
+                    for f in (*OWN_FEATURES, *SUMMARY_FEATURES, *PEER_FEATURES)
+                    if f.name == feature and f.group is not None
+                }
+            )
+            if groups:
+                raise ValueError(
+                    f"{name!r} belongs to the optional observation group(s) {groups}, which "
+                    f"this layout does not enable (groups={sorted(self.groups)}); the env "
+                    f"enables a group when its backend fills it: {GROUPS}"
+                ) from None
             raise ValueError(
                 f"{name!r} is not an observation entry; names are 'own.X', 'summary.X' "
                 f"or 'peer<p>.X' (see ObservationLayout({self.max_peers}).names())"
             ) from None
 
+    @classmethod
+    def infer(cls, size: int) -> ObservationLayout:
+        """The layout whose flat size is `size` (its `max_peers` and groups), for callers
+        handed bare observations; an ambiguous size raises (pass the env's layout)."""
+        found = []
+        for k in range(len(GROUPS) + 1):
+            for groups in itertools.combinations(sorted(GROUPS), k):
+                base = cls(0, frozenset(groups))
+                extra = size - base.size
+                if extra >= 0 and extra % base.peer_size == 0:
+                    found.append(cls(extra // base.peer_size, frozenset(groups)))
+        if len(found) != 1:
+            fits = [(x.max_peers, sorted(x.groups)) for x in found]
+            raise ValueError(
+                f"observation size {size} fits {len(found)} deliberation layouts "
+                f"(max_peers, groups) {fits}; pass the env's flat observations with its "
+                "layout (env.layout)"
+            )
+        return found[0]
+
     @functools.cached_property
     def _positions(self) -> dict[str, int]:
         return {name: i for i, (name, _) in enumerate(self.features())}
+
+    @functools.cached_property
+    def _writes(self) -> dict[str, Any]:
+        """Where `build_observations` writes, all read off the tables."""
+        agent = [f.name for f in self.agent_features]
+        out: dict[str, Any] = {
+            "own_agent": _rows(self.own_features, agent),
+            "peer_agent": _rows(self.peer_features, agent),
+        }
+        summary, peer = _positions(self.summary_features), _positions(self.peer_features)
+        for kind in ("mean", "max"):
+            pairs = [
+                (summary[f.name], peer[f.of])
+                for f in self.summary_features
+                if f.reduce == kind and f.of
+            ]
+            out[kind] = ([s for s, _ in pairs], [q for _, q in pairs])
+        return out
+
+
+@functools.lru_cache(maxsize=64)
+def layout_of(max_peers: int, groups: frozenset[str] = frozenset()) -> ObservationLayout:
+    """A shared `ObservationLayout` (its derived tables are built once)."""
+    return ObservationLayout(max_peers, groups)
+
+
+def backend_groups(backend: object) -> frozenset[str]:
+    """The optional groups a backend fills: its ``observation_groups`` attribute (an
+    iterable of `GROUPS` names; none when it has no such attribute)."""
+    return frozenset(getattr(backend, "observation_groups", ()) or ())
 
 
 def peer_order(num_agents: int) -> np.ndarray:
@@ -241,8 +422,13 @@ def agent_features(
     parsed: np.ndarray,
     changed: np.ndarray,
     last_action: np.ndarray,
+    verifier_score: np.ndarray | None = None,
+    groups: Iterable[str] = frozenset(),
 ) -> np.ndarray:
-    """The `AGENT_FEATURES` rows ``[F, B, N]`` (feature-major) from arrays ``[B, N]``."""
+    """The `AGENT_FEATURES` rows of a layout with `groups` ``[F, B, N]`` (feature-major)
+    from arrays ``[B, N]``; `verifier_score` (NaN where none) is read when the
+    ``"verifier"`` group is enabled."""
+    layout = layout_of(0, frozenset(groups))
     has_lp = logprob_confidence == logprob_confidence  # not NaN
     values = {
         "self_confidence": self_confidence,
@@ -257,7 +443,11 @@ def agent_features(
         "last_refine": last_action == 1,
         "last_concede": last_action == 2,
     }
-    return np.stack([values[f.name] for f in AGENT_FEATURES], dtype=np.float32)
+    if "verifier" in layout.groups:
+        if verifier_score is None:
+            raise ValueError("the 'verifier' observation group needs verifier_score arrays")
+        values["verifier_score"] = np.nan_to_num(verifier_score, nan=0.0)
+    return np.stack([values[f.name] for f in layout.agent_features], dtype=np.float32)
 
 
 def build_observations(
@@ -266,15 +456,20 @@ def build_observations(
     in_plurality: np.ndarray,
     round_frac: np.ndarray,
     max_peers: int,
+    groups: Iterable[str] = frozenset(),
+    visible: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Flat observations ``[B, N, size]``.
+    """Flat observations ``[B, N, size]`` of ``ObservationLayout(max_peers, groups)``.
 
     Args:
-        feats: `agent_features` output, feature-major ``[F, B, N]``.
+        feats: `agent_features` output (with the same `groups`), feature-major ``[F, B, N]``.
         same: ``[B, N, N]`` bool, agents i and j hold the same parsed answer.
         in_plurality: ``[B, N]`` bool, agent holds the team answer.
         round_frac: ``[B]`` rounds played / max_rounds.
         max_peers: peer slots in the layout (at least N - 1).
+        groups: the enabled optional feature groups (`GROUPS`).
+        visible: ``[B, N, N]`` bool, agent i reads agent j in the next REFINE (the round's
+            communication graph); read when the ``"topology"`` group is enabled.
 
     The result is a transposed view of a feature-major buffer: every feature is written
     contiguously (a C-order write would touch one cache line per value), and torch
@@ -283,7 +478,17 @@ def build_observations(
     _, B, N = feats.shape
     if N - 1 > max_peers:
         raise ValueError(f"{N} agents need max_peers >= {N - 1}, got max_peers={max_peers}")
-    layout = ObservationLayout(max_peers)
+    layout = layout_of(max_peers, frozenset(groups))
+    if feats.shape[0] != len(layout.agent_features):
+        raise ValueError(
+            f"feats has {feats.shape[0]} agent features, the layout with groups "
+            f"{sorted(layout.groups)} has {len(layout.agent_features)}: build them with "
+            "agent_features(..., groups=) of the same groups"
+        )
+    writes = layout._writes
+    topology = "topology" in layout.groups
+    if topology and visible is None:
+        raise ValueError("the 'topology' observation group needs the visible [B, N, N] graph")
     obs = np.empty((layout.size, B, N), dtype=np.float32)
 
     own = obs[layout.own]
@@ -295,18 +500,21 @@ def build_observations(
     own[OWN["distinct"]] = (distinct.sum(-1) * (1.0 / N))[:, None]
     own[OWN["in_plurality"]] = in_plurality
     own[OWN["round"]] = round_frac[:, None]
-    own[_OWN_AGENT] = feats
+    own[writes["own_agent"]] = feats
 
     # Loops run over peer slots (a handful), never over the batch.
-    slots = obs[layout.peers].reshape(max_peers, len(PEER_FEATURES), B, N)
+    slots = obs[layout.peers].reshape(max_peers, layout.peer_size, B, N)
     rows = np.arange(N)
+    visible_row = _positions(layout.peer_features).get("visible", -1)
     for p in range(1, N):
         j = (rows + p) % N  # agent i's p-th peer
         slot = slots[p - 1]
         slot[PEER["present"]] = 1.0
         slot[PEER["agrees"]] = same[:, rows, j]
         slot[PEER["in_plurality"]] = in_plurality[:, j]
-        slot[_PEER_AGENT] = feats[:, :, j]
+        slot[writes["peer_agent"]] = feats[:, :, j]
+        if topology:
+            slot[visible_row] = visible[:, rows, j]  # type: ignore[index]
     slots[N - 1 :] = 0.0
 
     # The summary reduces the slots just written (every peer has one, as N <= max_peers + 1).
@@ -314,7 +522,12 @@ def build_observations(
     summary[:] = 0.0
     if N > 1:
         peers = slots[: N - 1]
-        summary[_MEAN_ROWS] = peers[:, _MEAN_OF].sum(0) * (1.0 / (N - 1))
-        summary[_MAX_ROWS] = peers[:, _MAX_OF].max(0)
+        mean_rows, mean_of = writes["mean"]
+        max_rows, max_of = writes["max"]
+        summary[mean_rows] = peers[:, mean_of].sum(0) * (1.0 / (N - 1))
+        summary[max_rows] = peers[:, max_of].max(0)
+        if topology:  # column sums: who reads me (the diagonal is True, so less one)
+            read_by = visible.sum(1, dtype=np.float32) - 1.0  # type: ignore[union-attr]
+            summary[_positions(layout.summary_features)["read_by"]] = read_by * (1.0 / (N - 1))
     summary[SUMMARY["num_agents"]] = N / (max_peers + 1)
     return obs.transpose(1, 2, 0)

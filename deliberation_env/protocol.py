@@ -46,6 +46,9 @@ class Solution:
     """Reasoning profile: number of operations / logical operators."""
     prompt_tokens: int
     completion_tokens: int
+    verifier_score: float | None = None
+    """A verifier's (reward model's, judge model's) estimate in [0, 1] that the answer is
+    correct; None without a verifier (`agents.verifier`)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class SolutionBatch:
     prompt_tokens: np.ndarray  # int64 [M]
     completion_tokens: np.ndarray  # int64 [M]
     records: np.ndarray | None = field(default=None)  # object [M] of Solution, text backends only
+    verifier_score: np.ndarray | None = field(default=None)  # float32 [M]; None: no verifier
 
 
 @dataclass
@@ -102,7 +106,10 @@ class BatchView:
 
     `env` and `agent` ([M]) name the requests; `state` is the core's state ([B, N] arrays,
     read-only by convention) so the backend can look at the requesting agent's peers;
-    `keys` ([M], uint64) are per-request random keys.
+    `keys` ([M], uint64) are per-request random keys. `peers` ([M, N] bool, REFINE only)
+    marks the peers request m's agent reads under the env's communication graph
+    (`deliberation_env.topology`; its own column False); None means every other agent of
+    the env (the complete graph), the only value the core sends without a topology.
     """
 
     env: np.ndarray
@@ -110,6 +117,15 @@ class BatchView:
     task_index: np.ndarray  # [M] index into the bound task list
     keys: np.ndarray
     state: State
+    peers: np.ndarray | None = None
+
+    def peer_mask(self) -> np.ndarray:
+        """``[M, N]`` bool: the peers each request's agent reads (`peers`, or all others)."""
+        if self.peers is not None:
+            return self.peers
+        mask = np.ones((len(self.env), self.state.answer.shape[1]), bool)
+        mask[np.arange(len(self.env)), self.agent] = False
+        return mask
 
 
 class BatchBackend(Protocol):

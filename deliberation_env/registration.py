@@ -13,7 +13,7 @@ import pettingzoo
 from pettingzoo.utils import parallel_to_aec, wrappers
 
 from deliberation_env.config import EnvConfig
-from deliberation_env.env import DeliberationEnv, ObsMode
+from deliberation_env.env import DeliberationEnv, InfoMode, ObsMode
 
 ENV_ID = "deliberation/Deliberation-v1"
 """The registry id of the current version (`parallel_env`, `env`)."""
@@ -53,6 +53,7 @@ def parallel_env_v0(
     *,
     render_mode: str | None = None,
     obs_mode: ObsMode = "flat",
+    info_mode: InfoMode = "python",
     **overrides: Any,
 ) -> DeliberationEnv:
     """``Deliberation-v0``: `parallel_env` with the simulator profile pinned to its ``@v0``
@@ -60,7 +61,7 @@ def parallel_env_v0(
     A backend instance, or a backend other than the simulator, is used as given."""
     built = EnvConfig.build(config, **overrides)
     pinned = dataclasses.replace(built, profile=pin_profile(built.profile, "v0"))
-    return DeliberationEnv(pinned, render_mode=render_mode, obs_mode=obs_mode)
+    return DeliberationEnv(pinned, render_mode=render_mode, obs_mode=obs_mode, info_mode=info_mode)
 
 
 def env_v0(config: ConfigArg = None, **overrides: Any) -> pettingzoo.AECEnv:
@@ -76,7 +77,10 @@ REGISTRY: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
 
 
 def register_envs() -> None:
-    """Add the ids to PettingZoo's registries (idempotent)."""
+    """Add the ids to PettingZoo's registries (idempotent). PettingZoo < 1.27 has no
+    registry: there this does nothing, and the entry points above are the way in."""
+    if not hasattr(pettingzoo, "parallel_registry"):
+        return
     for env_id, (parallel, aec) in REGISTRY.items():
         if env_id not in pettingzoo.parallel_registry:
             pettingzoo.register("parallel", env_id, entry_point=parallel)

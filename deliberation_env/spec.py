@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import deliberation_env
-from deliberation_env.observation import PEER_FEATURES, ObservationLayout
+from deliberation_env.observation import (
+    GROUPS,
+    OWN_FEATURES,
+    PEER_FEATURES,
+    SUMMARY_FEATURES,
+    ObservationLayout,
+)
 
 ENV_MODULE = "deliberation_env.env"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -84,11 +90,11 @@ def observation_table(max_peers: int | None = None) -> str:
     if max_peers is None:
         max_peers = _default("max_peers")
     layout = ObservationLayout(max_peers)
-    start, width = layout.peers.start, len(PEER_FEATURES)
+    start, width = layout.peers.start, layout.peer_size
     rows = [[str(i), f"`{n}`", f.description, f.values] for i, (n, f) in enumerate(_blocks())]
     rows += [
         [f"{start + k} + {width}p", f"`peer{{p}}.{f.name}`", f.description, f.values]
-        for k, f in enumerate(PEER_FEATURES)
+        for k, f in enumerate(layout.peer_features)
     ]
     intro = (
         f"`Box(0, 1, ({start} + {width} * max_peers,), float32)`: {layout.size} entries with "
@@ -98,6 +104,32 @@ def observation_table(max_peers: int | None = None) -> str:
         f"that agent's own block: {layout.state_size} entries."
     )
     table = markdown_table(["index", "name", "meaning", "range"], rows, "rlll")
+    return f"{intro}\n\n{table}"
+
+
+def observation_section() -> str:
+    """The generated observation region: `observation_table`, then `optional_table`."""
+    return f"{observation_table()}\n\n{optional_table()}"
+
+
+def optional_table() -> str:
+    """The optional feature groups (`deliberation_env.observation.GROUPS`) and their entries."""
+    blocks = (("own", OWN_FEATURES), ("summary", SUMMARY_FEATURES), ("peer{p}", PEER_FEATURES))
+    rows = [
+        [f"`{f.group}`", f"`{block}.{f.name}`", f.description, f.values]
+        for block, table in blocks
+        for f in table
+        if f.group is not None
+    ]
+    when = "; ".join(f"`{name}`: {text}" for name, text in GROUPS.items())
+    intro = (
+        "Optional groups: an entry of a group is in the observation only when the env enables "
+        "the group, which it does when its backend fills it (" + when + "). Enabled entries "
+        "follow the entries above at the end of their block (own, summary, each peer slot), in "
+        "this order, so the indices above hold in every layout; `env.layout` (an "
+        "`ObservationLayout` with its `groups`) gives every index. The default env enables none."
+    )
+    table = markdown_table(["group", "name", "meaning", "range"], rows, "llll")
     return f"{intro}\n\n{table}"
 
 
@@ -145,7 +177,7 @@ class Region:
 
 REGIONS: dict[str, Region] = {
     "header": Region(header_table, "the code"),
-    "observation": Region(observation_table, "deliberation_env/observation.py"),
+    "observation": Region(observation_section, "deliberation_env/observation.py"),
     "arguments": Region(arguments_table, "EnvConfig and DeliberationEnv"),
     "infos": Region(info_table, "deliberation_env.spec.INFO_KEYS"),
 }

@@ -20,6 +20,7 @@ class State:
     self_confidence: np.ndarray  # float32
     judge_confidence: np.ndarray
     logprob_confidence: np.ndarray  # NaN where unavailable
+    verifier_score: np.ndarray  # float32, NaN where no verifier scored the solution
     steps: np.ndarray
     operators: np.ndarray
     length: np.ndarray  # int64, completion tokens of the current solution
@@ -31,9 +32,10 @@ class State:
     key: np.ndarray  # uint64 [B], the episode's dynamics key
     tokens: np.ndarray  # int64 [B], tokens spent this episode (initial answers included)
     action_counts: np.ndarray  # int64 [B, 3]
+    graph: np.ndarray  # bool [B, T, N, N]: agent i reads agent j in round r (`topology`)
 
     @classmethod
-    def empty(cls, B: int, N: int) -> State:
+    def empty(cls, B: int, N: int, T: int = 1) -> State:
         f32 = np.zeros((B, N), np.float32)
         return cls(
             answer=np.full((B, N), UNPARSED, np.int32),
@@ -41,6 +43,7 @@ class State:
             self_confidence=f32.copy(),
             judge_confidence=f32.copy(),
             logprob_confidence=f32.copy(),
+            verifier_score=np.full((B, N), np.nan, np.float32),
             steps=f32.copy(),
             operators=f32.copy(),
             length=np.zeros((B, N), np.int64),
@@ -52,6 +55,7 @@ class State:
             key=np.zeros(B, np.uint64),
             tokens=np.zeros(B, np.int64),
             action_counts=np.zeros((B, NUM_ACTIONS), np.int64),
+            graph=np.ones((B, T, N, N), bool),
         )
 
 
@@ -61,6 +65,7 @@ SOLUTION_FIELDS = (
     "self_confidence",
     "judge_confidence",
     "logprob_confidence",
+    "verifier_score",
     "steps",
     "operators",
     "length",

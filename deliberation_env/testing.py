@@ -32,6 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "first_tie_break": {"tie_break": "first"},
     "toy": {"profile": "toy"},
     "aime": {"profile": "qwen2.5-7b/aime"},
+    "ring_topology": {"topology": "ring"},
 }
 """Configurations every release is checked on (`tests/test_conformance.py`)."""
 

@@ -7,7 +7,15 @@ automatically in the same step that ends them (Gymnasium's ``SAME_STEP`` autores
 returned observation is the first of the next episode and the last one is in
 ``infos["final_obs"]``. ``options={"group_size": G}`` makes consecutive blocks of G envs
 draw the same task and the same initial solutions in every episode, and differ
-afterwards: the rollout groups of SoftRankPO and GRPO.
+afterwards: the rollout groups of SoftRankPO and GRPO. ``set_topology(edges)`` sets each
+env's communication graph between steps (``options={"topology": spec}`` at reset;
+``docs/topology.md``).
+
+It is a `gymnasium.vector.VectorEnv` whose sub-environments are multi-agent: arrays carry
+an env axis and an agent axis, ``[B, N, ...]``, ``single_observation_space`` and
+``single_action_space`` are one *agent*'s (as in PufferLib), and ``observation_space`` /
+``action_space`` batch them over ``(B, N)``. Rewards are ``[B, N]``; terminations and
+truncations ``[B]`` (the agents of an env end together).
 """
 
 from __future__ import annotations
@@ -16,12 +24,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
+from gymnasium import logger, spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
 
+from deliberation_env import topology
 from deliberation_env.actions import NUM_ACTIONS, check_action_array
-from deliberation_env.config import EnvConfig
+from deliberation_env.config import EnvConfig, check_reset_options
 from deliberation_env.core import DeliberationCore, derive_keys
-from deliberation_env.observation import ObservationLayout
 from deliberation_env.protocol import Solution
 from deliberation_env.rng import seed_key
 from deliberation_env.state import SOLUTION_FIELDS
@@ -31,8 +40,8 @@ SOLUTION_ARRAYS = tuple(f for f in SOLUTION_FIELDS if f not in ("length", "recor
 of the state, less the token length and the text records (`solutions` gives those)."""
 
 
-class VectorDeliberationEnv:
-    """`num_envs` deliberation episodes advanced together.
+class VectorDeliberationEnv(VectorEnv):
+    """`num_envs` deliberation episodes advanced together (a `gymnasium.vector.VectorEnv`).
 
     Args:
         num_envs: B, the number of envs.
@@ -43,7 +52,10 @@ class VectorDeliberationEnv:
             it, finished envs stay frozen (actions ignored, reward 0, ``terminated`` stays
             True, ``infos["active"]`` False, their infos keep the episode's final values)
             until ``reset()``; stepping once all have finished raises. A view option, not
-            part of the `EnvConfig`.
+            part of the `EnvConfig`. ``metadata["autoreset_mode"]`` says which
+            (`AutoresetMode.SAME_STEP` or `AutoresetMode.DISABLED`).
+        render_mode: ``"ansi"``: `render` returns one line per env (its question's id,
+            round and each agent's answer and confidence), or None. A view option.
 
     ``reset()`` returns ``(obs[B, N, D], infos)`` with infos ``action_mask [B, N, 3]``,
     ``task_index [B]``, ``tokens [B, N]`` (of the initial answers), ``correct [B, N]`` and
@@ -73,7 +85,11 @@ class VectorDeliberationEnv:
     episode's final values (its agent and team correctness, consensus, length and cost).
     """
 
-    metadata = {"name": "deliberation_vector_v0", "autoreset_mode": "SAME_STEP"}
+    metadata = {
+        "name": "deliberation_vector_v0",
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": ["ansi"],
+    }
 
     def __init__(
         self,
@@ -81,17 +97,26 @@ class VectorDeliberationEnv:
         config: EnvConfig | Mapping[str, Any] | None = None,
         *,
         autoreset: bool = True,
+        render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode={render_mode!r} is not one of ['ansi'] or None")
         self.config = EnvConfig.build(config, **overrides)
         self.num_envs = num_envs
         self.num_agents = self.config.num_agents
         self.autoreset = autoreset
+        self.render_mode = render_mode
+        mode = AutoresetMode.SAME_STEP if autoreset else AutoresetMode.DISABLED
+        self.metadata = {**type(self).metadata, "autoreset_mode": mode}
         self.core = DeliberationCore(self.config, num_envs)
         self.core.ensure_backend()
-        self.layout = ObservationLayout(self.config.max_peers)
+        self.layout = self.core.layout  # max_peers and the groups the backend fills
         self.single_observation_space = spaces.Box(0.0, 1.0, (self.layout.size,), np.float32)
         self.single_action_space = spaces.Discrete(NUM_ACTIONS)
+        self.observation_space = spaces.Box(
+            0.0, 1.0, (num_envs, self.num_agents, self.layout.size), np.float32
+        )
         self.action_space = spaces.MultiDiscrete(np.full((num_envs, self.num_agents), NUM_ACTIONS))
         self.state_space = spaces.Box(0.0, 1.0, (self.layout.state_size,), np.float32)
         self._base = np.zeros(num_envs, np.uint64)
@@ -104,7 +129,7 @@ class VectorDeliberationEnv:
         self, seed: int | list[int] | np.ndarray | None = None, options: dict | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode in every env. ``seed`` int -> env b gets ``seed + b``."""
-        options = options or {}
+        options = check_reset_options(options, "VectorDeliberationEnv")
         B = self.num_envs
         if seed is None:
             seeds = np.random.SeedSequence().generate_state(B, np.uint64)
@@ -120,6 +145,12 @@ class VectorDeliberationEnv:
         if group < 1 or B % group:
             raise ValueError(f"group_size={group} must divide num_envs={B}")
         self._base = seed_key(seeds)
+        # A topology spec (config or reset option) is one graph for every env: a name,
+        # [N, N] or per round [T, N, N] (which `set_topology`'s [B, N, N] would shadow).
+        spec = options.get("topology", self.config.topology)
+        cfg = self.config
+        graph = topology.resolve(spec, cfg.num_agents, cfg.max_rounds)
+        self.core.set_graph(np.broadcast_to(graph, (B, *graph.shape)).copy())
         self._leader = (np.arange(B) // group) * group
         self._episode[:] = 0
         key, init = derive_keys(self._base, self._episode, self._leader)
@@ -176,6 +207,26 @@ class VectorDeliberationEnv:
         truncated = np.zeros(self.num_envs, bool)
         return obs, result.rewards.astype(np.float32), done, truncated, infos
 
+    def set_topology(self, edges: Any) -> None:
+        """Set the communication graph REFINE reads from the next `step` on, without an
+        action (for topology methods: AgentPrune, GPTSwarm, DyLAN). `edges` is a topology
+        name, ``[N, N]`` (every env), ``[B, N, N]`` (one graph per env) or ``[B, T, N, N]``
+        (per env and round r = 0..T-1), 0/1, ``edges[b, i, j] = 1`` when agent i reads
+        agent j; the diagonal is ignored. It holds through autoresets until the next
+        `set_topology` or `reset` (which restores ``options["topology"]`` or the config's).
+        Observations show it (peer ``visible`` flags) when the config's topology is not
+        ``"complete"``; see ``docs/topology.md``."""
+        self.core.set_graph(self._graph(edges))
+
+    @property
+    def topology(self) -> np.ndarray:
+        """``[B, T, N, N]`` bool, a copy of each env's graph per round (diagonal True)."""
+        return self.core.state.graph.copy()
+
+    def _graph(self, edges: Any) -> np.ndarray:
+        cfg = self.config
+        return topology.batch(edges, self.num_envs, cfg.num_agents, cfg.max_rounds)
+
     @property
     def active(self) -> np.ndarray:
         """``[B]`` bool: envs whose episode is still running (the env's own episode-end
@@ -213,7 +264,26 @@ class VectorDeliberationEnv:
             raise RuntimeError("state() was called before reset(): call reset() first")
         return self.core.global_state(self._obs)
 
-    def close(self) -> None:
+    def render(self) -> tuple[str, ...] | None:  # type: ignore[override]
+        """With ``render_mode="ansi"``, one line per env: its task, round, and each agent's
+        answer and confidence now; else a warning and None."""
+        if self.render_mode is None:
+            logger.warn("render() called on a vector env without a render_mode; pass 'ansi'")
+            return None
+        if self._obs is None:
+            raise RuntimeError("render() was called before reset(): call reset() first")
+        core, s = self.core, self.core.state
+        return tuple(
+            f"env {b} [{core.tasks[int(s.task_index[b])].id}] round {int(s.round[b])}: "
+            + " | ".join(
+                f"agent_{i}: {core.answer_text(b, i)} (conf {s.self_confidence[b, i]:.2f})"
+                for i in range(self.num_agents)
+            )
+            for b in range(self.num_envs)
+        )
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Close the backend (`close()`, from `VectorEnv`, calls this once)."""
         close = getattr(self.core.backend, "close", None)
         if callable(close):
             close()

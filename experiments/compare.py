@@ -17,9 +17,10 @@ from typing import Any, cast
 
 from algorithms.common import TRAIN_TASKS, TrainConfig, check_env, split_tasks
 from algorithms.evaluate import evaluate
-from algorithms.heuristics import PROTOCOLS, make_protocol
+from algorithms.heuristics import applicable_protocols, make_protocol
 from algorithms.policy import Policy
 from algorithms.registry import get_algorithm
+from algorithms.tracking import log_results, make_tracker, tracked_train
 from deliberation_env import EnvConfig
 from deliberation_env.config import DEFAULT_PROFILE
 from deliberation_env.tasks import Task
@@ -39,8 +40,9 @@ __all__ = [
     "run_compare",
 ]
 
-METHODS = ("softrankpo", "grpo", "ppo", "sb3_ppo", "sft")
-"""The learned methods `run_compare` trains by default."""
+METHODS = ("softrankpo", "grpo", "ppo", "sb3_ppo", "sft", "agentprune", "gptswarm", "dylan")
+"""The learned methods `run_compare` trains by default (the last three: the topology
+baselines, `algorithms.topology_methods`)."""
 
 
 def evaluate_runs(
@@ -107,16 +109,26 @@ def compare(
 
 
 def _train(
-    name: str, budget: Budget, env: EnvConfig, out: Path, seeds: Sequence[int], progress: bool
+    name: str,
+    budget: Budget,
+    env: EnvConfig,
+    out: Path,
+    seeds: Sequence[int],
+    progress: bool,
+    track: str | None = None,
 ) -> tuple[list[Policy], list[dict[str, Any]], float]:
-    """Method `name` once per training seed: (policies, first seed's history, seconds)."""
+    """Method `name` once per training seed: (policies, first seed's history, seconds);
+    `track`: each run logs to its own tracker in its folder (`algorithms.tracking`)."""
     _, train = get_algorithm(name).load()
     policies, histories = [], []
     start = time.perf_counter()
     for seed in seeds:
         where = out / name if len(seeds) == 1 else out / name / f"seed{seed}"
         cfg = method_config(name, budget, env, seed=seed, out=str(where))
-        policy, history = train(cfg, progress=progress)
+        policy, history = tracked_train(
+            train, cfg, track, where, name=name, run_name=str(where.relative_to(out)),
+            group=str(out), progress=progress,
+        )  # fmt: skip
         policies.append(policy)
         histories.append(history)
     return policies, histories[0], time.perf_counter() - start
@@ -130,6 +142,7 @@ def run_compare(
     seed: int = 0,
     methods: Sequence[str] | None = None,
     progress: bool = True,
+    track: str | None = None,
     *,
     preset: str | None = None,
 ) -> dict[str, Any]:
@@ -138,7 +151,9 @@ def run_compare(
     `budget` is a `BUDGETS` name or a `Budget` (`preset` is its older name). Every method
     trains on ``EnvConfig(profile=profile, tasks=tasks)`` and is evaluated on the held-out
     questions of those tasks. The learned methods train with seeds ``seed + s`` for each
-    `s` in ``budget.train_seeds``; `seed` also seeds the `random` protocol.
+    `s` in ``budget.train_seeds``; `seed` also seeds the `random` protocol. `track`
+    (``tensorboard`` or ``wandb``, `algorithms.tracking`) logs every training run in its
+    own folder and the results table (text and scalars per method) in `out`.
     """
     name = preset if preset is not None else budget
     b = get_budget(name)
@@ -150,13 +165,15 @@ def run_compare(
     timings: dict[str, float] = {}
     train_seeds = [seed + s for s in b.train_seeds]
     for method in methods or METHODS:
-        trained, history, timings[method] = _train(method, b, env, out, train_seeds, progress)
+        trained, history, timings[method] = _train(
+            method, b, env, out, train_seeds, progress, track
+        )
         policies[method] = trained if len(trained) > 1 else trained[0]
         if history and "agent_steps" in history[0]:
             curves[method] = learning_curve(history)
         if progress:
             print(f"trained {method} in {timings[method]:.0f} s")
-    for p in PROTOCOLS:
+    for p in applicable_protocols(env):  # verifier_threshold only with a verifier
         policies[p] = make_protocol(p, seed=seed) if p == "random" else make_protocol(p)
     config = {
         "budget": name if isinstance(name, str) else "custom",
@@ -172,6 +189,7 @@ def run_compare(
         config, curves,
     )  # fmt: skip
     (out / "learning_curves.json").write_text(json.dumps(curves))
+    log_results(make_tracker(track, out, name="compare", group=str(out)), results)
     return results
 
 

@@ -5,22 +5,34 @@
 `ScriptedResponder` (deterministic text from the request: the task's gold answer or a wrong
 one, chosen by a hash of the request and its seed) or `ModelResponder` (``transformers``
 generation on a local model folder, e.g. the tiny random-weight model of
-``tests/tiny_model.py``). Fault injection for the retry tests: queue fault names in
-`OpenAIServer.faults`; each request takes the next one:
+``tests/tiny_model.py``). Fault injection: queue fault names in `OpenAIServer.faults`
+(each request takes the next one), or set a `fault_rate` (each request without a queued
+fault gets one of `fault_kinds` with that probability, drawn from a generator seeded with
+`fault_seed`):
 
-============  =========================================================================
-fault         what the server does
-============  =========================================================================
-``429``       HTTP 429 with ``Retry-After: <retry_after>``
-``500``       HTTP 500 (any ``"5xx"``/``"4xx"`` code string works the same way)
-``hang``      sleeps `hang_s` seconds before answering (past the client's timeout)
-``drop``      sends the headers and half the body, then closes the socket
-``garbage``   HTTP 200 with a body that is not JSON
-``no_usage``  a normal reply without the ``usage`` field
-``ok``        a normal reply (to place a fault after some good requests)
-============  =========================================================================
+=================  ====================================================================
+fault              what the server does
+=================  ====================================================================
+``429``            HTTP 429 with ``Retry-After: <retry_after>``
+``500``            HTTP 500 (any ``"5xx"``/``"4xx"`` code string works the same way)
+``hang``           sleeps `hang_s` seconds before answering (past the client's timeout)
+``drop``           sends the headers and half the body, then closes the socket
+``disconnect``     closes the connection without a reply
+``truncated``      HTTP 200 whose JSON body is cut in half (a consistent Content-Length)
+``garbage``        HTTP 200 with a body that is not JSON
+``empty_choices``  HTTP 200 with ``"choices": []``
+``context``        HTTP 400 in vLLM's words: "This model's maximum context length is C
+                   tokens. However, you requested ... (P in the messages, M in the
+                   completion)", with C a quarter of the prompt short; given at most once
+                   per request (a real server's context does not shrink between tries)
+``no_usage``       a normal reply without the ``usage`` field
+``ok``             a normal reply (to place a fault after some good requests)
+=================  ====================================================================
 
-The server counts requests (`hits`), tracks the most requests in flight at once
+`injected` counts the faults served, by kind. With `context_tokens` the server has a real
+context: any request whose prompt (4 characters a token) plus ``max_tokens`` exceeds it gets
+the ``context`` error, every time. The server counts requests (`hits`), tracks
+the most requests in flight at once
 (`max_in_flight`), can add a fixed `latency` to every reply, and keeps every request body
 (`bodies`). `ServerProcess` runs one in a child process (for timings: a server in the
 client's process shares its GIL); ``python tests/openai_server.py --tasks arithmetic:50``
@@ -33,6 +45,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import socket
 import subprocess
@@ -40,7 +53,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +63,34 @@ Completion = dict[str, Any]
 """What a responder returns: ``text``, optional ``tokens``, ``logprobs`` and
 ``token_bytes`` (lists of the same length), ``prompt_tokens``, ``completion_tokens``."""
 Responder = Callable[[Mapping[str, Any]], Completion]
+
+RATE_FAULTS = (
+    "429",
+    "500",
+    "hang",
+    "drop",
+    "disconnect",
+    "truncated",
+    "empty_choices",
+    "context",
+)
+"""The fault kinds a `fault_rate` draws from, by default."""
+
+_BLOCK_RE = re.compile(r"(<solution agent=\d+ untrusted>\n)(.*?)(\n</solution>)", re.DOTALL)
+_BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def answers_only(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`messages` with each quoted solution reduced to its final answer (the last
+    ``\\boxed{}``, else the last line): what is left when quoted reasoning is cut."""
+
+    def reduce(match: re.Match[str]) -> str:
+        body = match.group(2)
+        boxed = _BOXED_RE.findall(body)
+        kept = boxed[-1] if boxed else (body.strip().splitlines() or [""])[-1]
+        return f"{match.group(1)}{kept}{match.group(3)}"
+
+    return [{**m, "content": _BLOCK_RE.sub(reduce, str(m.get("content", "")))} for m in messages]
 
 
 def _digest(*parts: Any) -> int:
@@ -69,17 +110,26 @@ class ScriptedResponder:
         answers: question text -> gold answer (the text of `Task.question`).
         accuracy: chance that a solve/refine reply carries the gold answer.
         logprobs: whether replies carry per-token log-probs.
+        answers_only: read quoted solutions by their final answers only (`answers_only`),
+            so that a prompt whose quoted reasoning was cut to fit a context gets the same
+            reply (text and usage) as the whole prompt: for the fault tests, which compare
+            a faulty run with a fault-free one.
     """
 
     def __init__(
-        self, answers: Mapping[str, str], accuracy: float = 0.6, logprobs: bool = True
+        self,
+        answers: Mapping[str, str],
+        accuracy: float = 0.6,
+        logprobs: bool = True,
+        answers_only: bool = False,
     ) -> None:
         self.answers = dict(answers)
         self.accuracy = accuracy
         self.logprobs = logprobs
+        self.answers_only = answers_only
 
     def __call__(self, body: Mapping[str, Any]) -> Completion:
-        messages = body["messages"]
+        messages = answers_only(body["messages"]) if self.answers_only else body["messages"]
         system, user = messages[0]["content"], messages[-1]["content"]
         h = _digest(messages, body.get("seed"), body.get("model"))
         u = (h % 10_000) / 10_000
@@ -204,13 +254,26 @@ class OpenAIServer:
         retry_after: str = "0",
         hang_s: float = 2.0,
         model_name: str = "tiny",
+        fault_rate: float = 0.0,
+        fault_kinds: Sequence[str] = RATE_FAULTS,
+        fault_seed: int = 0,
+        context_tokens: int | None = None,
     ) -> None:
         self.responder = responder
+        self.context_tokens = context_tokens
+        """A context size: a request whose prompt (4 characters a token) plus
+        ``max_tokens`` exceeds it gets the ``context`` error (not counted as a fault)."""
         self.latency = latency
         self.retry_after = retry_after
         self.hang_s = hang_s
         self.model_name = model_name
         self.faults: deque[str] = deque()
+        self.fault_rate = fault_rate
+        self.fault_kinds = tuple(fault_kinds)
+        self._rng = random.Random(fault_seed)
+        self.injected: Counter[str] = Counter()
+        """Faults served, by kind (``ok`` and ``no_usage`` are not faults)."""
+        self._context_given: set[int] = set()
         self.hits = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -256,6 +319,7 @@ class OpenAIServer:
             self.max_in_flight = 0
             self.bodies.clear()
             self.headers.clear()
+            self.injected.clear()
 
     # ------------------------------------------------------------------ per request
     def _enter(self, body: dict[str, Any], headers: dict[str, str]) -> str | None:
@@ -265,7 +329,23 @@ class OpenAIServer:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.bodies.append(body)
             self.headers.append(headers)
-            return self.faults.popleft() if self.faults else None
+            fault = self.faults.popleft() if self.faults else self._draw(body)
+            if fault is not None and fault not in ("ok", "no_usage"):
+                self.injected[fault] += 1
+            return fault
+
+    def _draw(self, body: Mapping[str, Any]) -> str | None:
+        """A fault at `fault_rate` (caller holds the lock); context errors once per request."""
+        if not self.fault_rate or self._rng.random() >= self.fault_rate:
+            return None
+        fault = self._rng.choice(self.fault_kinds)
+        if fault == "context":
+            # The request without what a client may cut or lower to fit.
+            ident = _digest(answers_only(body["messages"]), body.get("seed"), body.get("model"))
+            if ident in self._context_given:
+                return None
+            self._context_given.add(ident)
+        return fault
 
     def _leave(self) -> None:
         with self._lock:
@@ -304,9 +384,20 @@ class OpenAIServer:
         return out
 
 
+def _request_tokens(body: Mapping[str, Any]) -> tuple[int, int]:
+    """A request's prompt tokens (about 4 characters each) and its ``max_tokens``."""
+    prompt = sum(len(str(m.get("content", ""))) for m in body["messages"]) // 4
+    return prompt, int(body.get("max_tokens") or 16)
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # the default 5 drops connections of a concurrent burst
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (its timeout) resets the connection: not a server error.
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -331,13 +422,30 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any, headers: Sequence[tuple[str, str]] = ()) -> None:
         self._send(status, json.dumps(obj).encode(), headers)
 
+    def _context_error(self, prompt: int, completion: int, context: int) -> None:
+        message = (
+            f"This model's maximum context length is {context} tokens. However, you "
+            f"requested {prompt + completion} tokens ({prompt} in the messages, "
+            f"{completion} in the completion). Please reduce the length of the "
+            "messages or completion."
+        )
+        body = {"object": "error", "message": message, "type": "BadRequestError", "code": 400}
+        self._json(400, body)
+
     def do_GET(self) -> None:
         srv = self.server_ref
         path = self.path.rstrip("/")
         if path == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": srv.model_name, "object": "model"}]})
         elif path == "/_stats":  # for a server in another process (`ServerProcess`)
-            self._json(200, {"hits": srv.hits, "max_in_flight": srv.max_in_flight})
+            self._json(
+                200,
+                {
+                    "hits": srv.hits,
+                    "max_in_flight": srv.max_in_flight,
+                    "injected": dict(srv.injected),
+                },
+            )
         elif path == "/_reset":
             srv.reset_counts()
             self._json(200, {})
@@ -390,6 +498,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
+        elif fault == "disconnect":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        elif fault == "truncated":
+            payload = json.dumps(srv.reply(body)).encode()
+            self._send(200, payload[: len(payload) // 2])
+        elif fault == "empty_choices":
+            self._json(200, {**srv.reply(body), "choices": []})
+        elif fault == "context":
+            prompt, completion = _request_tokens(body)
+            self._context_error(prompt, completion, prompt + completion - max(1, prompt // 4))
+        elif srv.context_tokens is not None and sum(_request_tokens(body)) > srv.context_tokens:
+            self._context_error(*_request_tokens(body), srv.context_tokens)
         elif fault == "garbage":
             self._send(200, b'{"choices": [ this is not json')
         elif fault == "no_usage":
@@ -409,10 +530,30 @@ class ServerProcess:
     Args:
         tasks: a `deliberation_env.tasks.load_tasks` spec; the responder knows their answers.
         latency: seconds added to every reply.
+        accuracy: the responder's accuracy.
+        fault_rate, fault_seed, fault_kinds, hang_s, retry_after: fault injection
+            (`OpenAIServer`).
+        answers_only: the responder's `ScriptedResponder` option.
     """
 
-    def __init__(self, tasks: str, latency: float = 0.0, accuracy: float = 0.6) -> None:
+    def __init__(
+        self,
+        tasks: str,
+        latency: float = 0.0,
+        accuracy: float = 0.6,
+        *,
+        fault_rate: float = 0.0,
+        fault_seed: int = 0,
+        fault_kinds: Sequence[str] = RATE_FAULTS,
+        hang_s: float = 2.0,
+        retry_after: str = "0",
+        answers_only: bool = False,
+    ) -> None:
         self.args = ["--tasks", tasks, "--latency", str(latency), "--accuracy", str(accuracy)]
+        self.args += ["--fault-rate", str(fault_rate), "--fault-seed", str(fault_seed)]
+        self.args += ["--fault-kinds", ",".join(fault_kinds)]
+        self.args += ["--hang-s", str(hang_s), "--retry-after", retry_after]
+        self.args += ["--answers-only"] if answers_only else []
         self.url = ""
         self._proc: Any = None
 
@@ -449,6 +590,10 @@ class ServerProcess:
     def max_in_flight(self) -> int:
         return self._get("/_stats")["max_in_flight"]
 
+    @property
+    def injected(self) -> Counter[str]:
+        return Counter(self._get("/_stats")["injected"])
+
     def reset_counts(self) -> None:
         self._get("/_reset")
 
@@ -463,9 +608,24 @@ def main() -> None:
     parser.add_argument("--tasks", default="arithmetic:50", help="a load_tasks spec")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per reply")
     parser.add_argument("--accuracy", type=float, default=0.6)
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of faulty replies")
+    parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument("--fault-kinds", default=",".join(RATE_FAULTS), help="comma-separated")
+    parser.add_argument("--hang-s", type=float, default=2.0, help="seconds a 'hang' lasts")
+    parser.add_argument("--retry-after", default="0", help="Retry-After of a 429")
+    parser.add_argument("--answers-only", action="store_true", help="see ScriptedResponder")
     args = parser.parse_args()
     answers = {t.question.strip(): t.answer for t in load_tasks(args.tasks)}
-    with OpenAIServer(ScriptedResponder(answers, args.accuracy), latency=args.latency) as srv:
+    responder = ScriptedResponder(answers, args.accuracy, answers_only=args.answers_only)
+    with OpenAIServer(
+        responder,
+        latency=args.latency,
+        retry_after=args.retry_after,
+        hang_s=args.hang_s,
+        fault_rate=args.fault_rate,
+        fault_seed=args.fault_seed,
+        fault_kinds=args.fault_kinds.split(","),
+    ) as srv:
         print(srv.url, flush=True)
         sys.stdin.read()
 

@@ -1,12 +1,18 @@
-"""The SQLite response cache: keys, replay, stats, records, concurrent writers, and a run
-killed with SIGKILL midway (the file stays whole and a re-run resumes)."""
+"""The SQLite response cache: keys, replay, stats, records, concurrent writers, a run
+killed with SIGKILL midway (the file stays whole and a re-run resumes), and a cache never
+put at risk: replayed read-only from a read-only mount (bwrap, so the test fails even as
+root), refused when recorded with another model or prompt version, and no message that
+advises deleting one."""
 
 from __future__ import annotations
 
+import ast
 import json
 import multiprocessing
 import os
 import pickle
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -17,7 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from agents.cache import ResponseCache, cached_batch, cached_generate, open_cache, request_key
+from agents.cache import (
+    CacheMismatchError,
+    ReadOnlyCacheWarning,
+    ResponseCache,
+    cached_batch,
+    cached_generate,
+    open_cache,
+    prompt_version,
+    request_key,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,8 +134,11 @@ def test_pickle_and_reopen(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_cache_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "notes.txt"
     bad.write_text("not a database, just text " * 100)
-    with pytest.raises(ValueError, match="notes.txt.*cannot be opened as SQLite"):
+    with pytest.raises(ValueError, match="notes.txt.*cannot be opened as SQLite.*left as it is"):
         ResponseCache(bad)
+    with pytest.raises(ValueError, match="notes.txt.*cannot be opened as SQLite"):
+        ResponseCache(bad, read_only=True)
+    assert bad.read_text() == "not a database, just text " * 100
 
 
 def test_threads_write_concurrently(tmp_path: Path) -> None:
@@ -212,3 +230,250 @@ def test_records_survive_json_round_trip(tmp_path: Path) -> None:
     record = {"task_id": "t", "peers_correct": [True, False], "logprob_confidence": None}
     cache.put_record("k", record)
     assert next(cache.records()) == json.loads(json.dumps(record))
+
+
+# ---------------------------------------------------------------- never put at risk
+class Model:
+    """A stand-in model that answers "x" and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def batch(self, indices: list[int]) -> list[dict]:
+        self.calls.append(list(indices))
+        return [{"text": "x"} for _ in indices]
+
+    def one(self) -> dict:
+        return self.batch([0])[0]
+
+
+def record(path: Path, n: int = 3) -> bytes:
+    """A closed cache at `path` with `n` completions of model "m" and one record; its bytes."""
+    cache = ResponseCache(path)
+    cached_batch(cache, [fields(i) for i in range(n)], lambda idx: [{"text": f"a{i}"} for i in idx])
+    cache.put_record("r0", {"task_id": "t/0"})
+    cache.close()
+    assert not Path(f"{path}-wal").exists()  # the last close folds the WAL into the file
+    return path.read_bytes()
+
+
+_READ_ONLY_REPLAY = """
+import json, sys, warnings
+from agents.cache import ResponseCache, ReadOnlyCacheWarning, cached_batch
+path = sys.argv[1]
+fields = lambda i: {"model": "m", "messages": [{"role": "user", "content": f"q{i}"}], "seed": i}
+calls = []
+def generate(idx):
+    calls.append(list(idx))
+    return [{"text": "new"} for _ in idx]
+out = {}
+try:
+    ResponseCache(path, read_only=False)
+except PermissionError as err:
+    out["read_write"] = str(err)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    cache = ResponseCache(path)
+    texts = [r["text"] for r in cached_batch(cache, [fields(0), fields(1), fields(9)], generate)]
+    texts += [r["text"] for r in cached_batch(cache, [fields(9)], generate)]
+    cache.put_record("r1", {"task_id": "t/1"})
+    out["records"] = len(list(cache.records()))
+out["warnings"] = [str(w.message) for w in caught if issubclass(w.category, ReadOnlyCacheWarning)]
+out.update(texts=texts, calls=calls, stats=cache.stats())
+print(json.dumps(out))
+"""
+
+
+def test_a_cache_on_a_read_only_mount_replays_and_records_nothing(tmp_path: Path) -> None:
+    """A read-only bind mount (bwrap): root cannot write there either, so a cache that
+    tried to would fail this test."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bwrap is not installed")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = shared / "c.sqlite"
+    before = record(path)
+    listing = sorted(os.listdir(shared))
+    cmd = [bwrap, "--dev-bind", "/", "/", "--ro-bind", str(shared), str(shared)]
+    probe = subprocess.run([*cmd, "touch", str(shared / "probe")], capture_output=True)
+    if probe.returncode == 0 or b"Read-only" not in probe.stderr:
+        pytest.skip(f"bwrap cannot make a read-only mount here: {probe.stderr!r}")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [*cmd, sys.executable, "-c", _READ_ONLY_REPLAY, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert "is not writable" in out["read_write"] and "read_only=True" in out["read_write"]
+    assert len(out["warnings"]) == 1  # said once
+    assert str(path) in out["warnings"][0] and "read-only" in out["warnings"][0]
+    assert "not recorded" in out["warnings"][0]
+    assert out["texts"] == ["a0", "a1", "new", "new"]  # replayed; the miss generated twice
+    assert out["calls"] == [[2], [0]]
+    stats = out["stats"]
+    assert stats["read_only"] and (stats["hits"], stats["misses"]) == (2, 2)
+    assert (stats["writes"], stats["unrecorded"], stats["entries"]) == (0, 3, 3)
+    assert out["records"] == 1
+    assert path.read_bytes() == before and sorted(os.listdir(shared)) == listing
+
+
+def test_read_only_true_replays_anywhere_and_writes_nothing(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    path = tmp_path / "c.sqlite"
+    before = record(path)
+    cache = ResponseCache(path, read_only=True)
+    assert repr(cache).endswith("read_only=True)")
+    model = Model()
+    out = cached_batch(cache, [fields(0), fields(7)], model.batch)
+    assert [o["text"] for o in out] == ["a0", "x"] and model.calls == [[1]]
+    cache.put("k", fields(8), {"text": "y"})
+    cache.put_records([("r9", {"task_id": "t/9"})])
+    assert cache.stats()["unrecorded"] == 3 and len(cache) == 3
+    assert [r["task_id"] for r in cache.records()] == ["t/0"]
+    cache.close()
+    assert path.read_bytes() == before
+    assert not [w for w in recwarn if issubclass(w.category, ReadOnlyCacheWarning)]  # asked for
+    with pytest.raises(FileNotFoundError, match="nothing to replay"):
+        ResponseCache(tmp_path / "missing.sqlite", read_only=True)
+
+
+def test_a_cache_that_cannot_be_written_is_opened_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.sqlite"
+    before = record(path)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if mode == os.W_OK else real(p, mode))
+    with pytest.warns(ReadOnlyCacheWarning, match="read-only"):
+        cache = ResponseCache(path)
+    assert cache.read_only and cache.get(request_key(fields(1))) == {"text": "a1"}
+    cache.close()
+    with pytest.raises(PermissionError, match="c.sqlite.*not writable.*read_only=True"):
+        ResponseCache(path, read_only=False)
+    assert path.read_bytes() == before
+
+
+def test_a_cache_of_another_model_is_refused_before_generating(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    record(path)
+    with pytest.raises(CacheMismatchError, match="holds completions of model 'm', not 'other'"):
+        ResponseCache(path, model="other")
+    with pytest.raises(CacheMismatchError, match="c.sqlite"):
+        open_cache(str(path), model="other")
+    assert ResponseCache(path, model="m").model == "m"
+    cache = ResponseCache(path)  # a backend that does not say its model: caught at a miss
+    model = Model()
+    with pytest.raises(CacheMismatchError, match="not 'other'"):
+        cached_batch(cache, [fields(0, model="other")], model.batch)
+    with pytest.raises(CacheMismatchError):
+        cached_generate(cache, fields(5, model="other"), model.one)
+    with pytest.raises(CacheMismatchError):
+        cache.put("k", fields(5, model="other"), {"text": "t"})
+    assert model.calls == [] and len(cache) == 3
+    with pytest.raises(CacheMismatchError):
+        open_cache(cache, model="other")
+
+
+def test_a_cache_of_other_prompts_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    record(path)
+    assert ResponseCache(path).prompts == prompt_version()  # stored at the first completion
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = 'v-old' WHERE name = 'prompts'")
+    with pytest.raises(CacheMismatchError, match=r"prompt version v-old.*agents.prompts changed"):
+        ResponseCache(path, model="m", prompts=prompt_version())
+    cache = ResponseCache(path)
+    model = Model()
+    with pytest.raises(CacheMismatchError, match="v-old"):
+        cached_generate(cache, fields(7), model.one)
+    assert model.calls == [] and len(cache) == 3
+    assert cache.get(request_key(fields(0))) == {"text": "a0"}  # reading stays possible
+    assert [r["task_id"] for r in ResponseCache(path, read_only=True).records()] == ["t/0"]
+
+
+def test_an_older_cache_without_metadata_gets_its_model_from_its_entries(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    record(path)
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM meta WHERE name != 'schema'")
+    assert ResponseCache(path, read_only=True).model == "m"
+    with pytest.raises(CacheMismatchError, match="model 'm'"):
+        ResponseCache(path, model="other")
+
+
+def test_prompt_version_follows_the_rendered_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents import cache as cache_module
+    from agents import prompts
+
+    version = prompt_version()
+    assert isinstance(version, str) and len(version) == 16
+    assert cache_module._fingerprint() == version  # deterministic
+    real = prompts.solve_messages
+    monkeypatch.setattr(
+        prompts, "solve_messages", lambda t: [*real(t), {"role": "user", "content": "!"}]
+    )
+    assert cache_module._fingerprint() != version
+
+
+def test_someone_elses_sqlite_file_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="app.db.*SQLite database of something else.*users"):
+        ResponseCache(path)
+    assert path.read_bytes() == before
+
+
+def test_reading_records_for_transcripts_never_writes(tmp_path: Path) -> None:
+    from agents.transcript_cache import _read
+
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path)
+    rec = {"task_id": "t/0", "action": "solve", "answer": "4", "correct": True, "agent": 0}
+    cache.put_records([("r0", rec)])
+    cache.close()
+    before = path.read_bytes()
+    assert [r["task_id"] for r in _read(path)] == ["t/0"]
+    assert path.read_bytes() == before  # (SQLite's readers may leave an empty -wal beside it)
+
+
+_ADVICE = re.compile(r"\b(delet\w*|remov\w*|rm -\w*|unlink\w*|wipe\w*|erase\w*)\b", re.IGNORECASE)
+
+
+def _messages(tree: ast.AST) -> list[tuple[int, str]]:
+    """The literal text of every raise, warning, print and log call in a module."""
+    out = []
+    for node in ast.walk(tree):
+        target: ast.AST | None = None
+        if isinstance(node, ast.Raise):
+            target = node.exc
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            if name in {"warn", "print", "echo", "info", "warning", "error", "exit", "SystemExit"}:
+                target = node
+        if target is None:
+            continue
+        text = " ".join(
+            n.value
+            for n in ast.walk(target)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        )
+        out.append((getattr(node, "lineno", 0), text))
+    return out
+
+
+def test_no_message_advises_deleting_a_cache() -> None:
+    offenders = []
+    for package in ("agents", "deliberation_env", "algorithms", "experiments", "benchmarks"):
+        for file in sorted((REPO / package).rglob("*.py")):
+            for line, text in _messages(ast.parse(file.read_text(), str(file))):
+                if _ADVICE.search(text) and re.search(r"cache|sqlite|file", text, re.I):
+                    offenders.append(f"{file.relative_to(REPO)}:{line}: {text[:100]}")
+    assert offenders == []

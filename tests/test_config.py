@@ -145,10 +145,18 @@ def test_view_options_are_not_fields():
     ids=["parallel", "parallel_config", "vector", "vector_config"],
 )
 def test_a_misspelled_argument_is_named_by_every_entry_point(make):
-    with pytest.raises(ValueError, match=r"\['max_round'\].*accepts.*env arguments.*'max_rounds'"):
+    # A keyword close to an env field is a typo, caught before the backend factory sees it
+    # (which once answered "does not take ['max_round', 'profile']").
+    typo = r"unknown argument 'max_round'; did you mean 'max_rounds'\?"
+    with pytest.raises(ValueError, match=typo):
         make(max_round=2)
-    with pytest.raises(ValueError, match=r"\['max_round'\].*instance.*'max_rounds'"):
+    with pytest.raises(ValueError, match=typo):
         make(backend=SimulatedBackend(), max_round=2)
+    # Any other keyword is a backend argument: the factory refuses it by name.
+    with pytest.raises(ValueError, match=r"\['colour'\].*accepts.*env arguments.*'max_rounds'"):
+        make(colour=2)
+    with pytest.raises(ValueError, match=r"\['colour'\].*instance.*'max_rounds'"):
+        make(backend=SimulatedBackend(), colour=2)
 
 
 def test_mode_fields_are_literals_checked_at_runtime():
@@ -180,3 +188,65 @@ def test_every_field_has_a_docstring():
         and len(doc.value.value) > 20
     }
     assert documented == {f.name for f in fields(EnvConfig)}
+
+
+# --- training configs: every field checked at construction ------------------------------
+
+BAD_TRAIN = {
+    "group_size_1": ("softrankpo", {"group_size": 1}, r"needs group_size >= 2 .*zero advantages"),
+    "grpo_group_1": ("grpo", {"group_size": 1}, r"GRPOConfig needs group_size >= 2"),
+    "reinforce_group_1": ("reinforce", {"group_size": 1}, r"needs group_size >= 2"),
+    "updates_0": ("softrankpo", {"updates": 0}, r"updates must be an integer >= 1, got 0"),
+    "epochs_0": ("grpo", {"epochs": 0}, r"GRPOConfig\.epochs must be an integer >= 1, got 0"),
+    "epochs_-1": ("ppo", {"epochs": -1}, r"PPOConfig\.epochs must be an integer >= 1"),
+    "clip_negative": ("softrankpo", {"clip": -0.2}, r"clip must be > 0, got -0\.2"),
+    "ppo_clip_0": ("ppo", {"clip": 0.0}, r"PPOConfig\.clip must be > 0"),
+    "minibatches": ("grpo", {"questions_per_update": 8, "minibatches": 9},
+                    r"minibatches=9 > questions_per_update=8.*minibatches <= 8"),
+    "hidden": ("softrankpo", {"hidden": 30}, r"hidden=30 must be divisible .*4 attention heads.*hidden=32"),
+    "eval_every": ("softrankpo", {"updates": 10, "eval_every": 20}, r"eval_every=20 > updates=10 never"),
+    "eval_every_-1": ("softrankpo", {"eval_every": -1}, r"eval_every must be an integer >= 0"),
+    "lr_nan": ("softrankpo", {"lr": float("nan")}, r"lr must be a finite number, got nan"),
+    "lr_0": ("reinforce", {"lr": 0.0}, r"lr must be > 0"),
+    "beta": ("softrankpo", {"beta": -1.0}, r"beta must be >= 0"),
+    "eval_fraction": ("softrankpo", {"eval_fraction": 1.0}, r"eval_fraction must lie strictly"),
+    "float_updates": ("softrankpo", {"updates": 2.5}, r"updates must be an integer >= 1, got 2\.5"),
+    "sft_epochs": ("sft", {"epochs": 0}, r"SFTConfig\.epochs must be an integer >= 1"),
+    "sft_episodes": ("sft", {"episodes": 0}, r"SFTConfig\.episodes must be an integer >= 1"),
+    "sft_behaviour": ("sft", {"behaviour": "debat"}, r"behaviour='debat' is not a protocol.*'debate'"),
+    "sb3_steps": ("sb3_ppo", {"total_timesteps": 0}, r"total_timesteps must be an integer >= 1"),
+    "sb3_clip": ("sb3_ppo", {"clip_range": -0.1}, r"clip_range must be > 0"),
+    "sb3_gamma": ("sb3_ppo", {"gamma": 1.5}, r"gamma and gae_lambda must lie in \[0, 1\]"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("algo", "values", "match"), BAD_TRAIN.values(), ids=BAD_TRAIN)
+def test_bad_training_config_fails_at_construction(algo, values, match):
+    from algorithms.registry import get_algorithm
+
+    cls, _ = get_algorithm(algo).load()
+    with pytest.raises(ValueError, match=match):
+        cls(**values)
+
+
+def test_groups_of_one_where_they_are_meaningful():
+    from algorithms.ppo import PPOConfig
+    from algorithms.sft import SFTConfig
+
+    assert PPOConfig(group_size=1).group_size == 1  # the value head is the baseline
+    # SFT does not read the RL fields: they are not checked (deliberate train refuses them).
+    assert SFTConfig(group_size=1, updates=0, minibatches=99).epochs == SFTConfig.epochs
+
+
+def test_training_modes_are_literals():
+    from algorithms.common import TrainConfig
+    from algorithms.grpo import GRPOConfig
+    from algorithms.softrankpo import SoftRankPOConfig
+
+    for cls, name in ((TrainConfig, "reward_transform"), (TrainConfig, "kl_control"),
+                      (SoftRankPOConfig, "loss"), (GRPOConfig, "scale_rewards")):  # fmt: skip
+        assert typing.get_origin(typing.get_type_hints(cls)[name]) is typing.Literal, name
+    from algorithms.advantages import REWARD_TRANSFORMS
+
+    hint = typing.get_type_hints(TrainConfig)["reward_transform"]
+    assert set(typing.get_args(hint)) == set(REWARD_TRANSFORMS)

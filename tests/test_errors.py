@@ -120,11 +120,14 @@ def test_object_that_is_not_a_backend():
         construct_and_reset(backend=object())
 
 
-def test_misspelled_argument_is_named():
-    # Unknown keywords go to the backend factory; the error names them, what the backend
-    # accepts and the env's own arguments (where `num_agents` is).
-    with pytest.raises(ValueError, match=r"num_agent\b.*accepts.*'num_agents'"):
-        construct_and_reset(num_agent=3)
+@pytest.mark.parametrize("typo", ["num_agent", "num_agnets", "max_peer", "toke_cost"])
+def test_misspelled_argument_is_named(typo):
+    # A keyword close to an env field is named with the field it misspells (difflib); it
+    # never reaches the backend factory, which listed valid arguments as rejected.
+    field = {"num_agent": "num_agents", "num_agnets": "num_agents", "max_peer": "max_peers",
+             "toke_cost": "token_cost"}[typo]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"unknown argument '{typo}'; did you mean '{field}'\?"):
+        construct_and_reset(**{typo: 3})
 
 
 @pytest.mark.parametrize(
@@ -144,6 +147,12 @@ def test_misspelled_argument_is_named():
         ({"max_rounds": 0}, r"max_rounds must be an integer >= 1, got 0"),
         ({"max_peers": -1}, r"max_peers must be an integer >= 0, got -1"),
         ({"token_cost": -0.1}, r"token_cost must be >= 0, got -0\.1"),
+        ({"w_local": math.nan}, r"w_local must be a finite number, got nan"),
+        ({"w_global": math.inf}, r"w_global must be a finite number, got inf"),
+        ({"token_cost": math.nan}, r"token_cost must be a finite number, got nan"),
+        ({"w_local": "1"}, r"w_local must be a finite number, got '1'"),
+        ({"stop_on_consensus": "no"}, r"stop_on_consensus must be True or False, got 'no'"),
+        ({"num_agents": 6}, r"pass max_peers=5 \(--max-peers 5 on the command line\)"),
     ],
     ids=lambda x: "-".join(f"{k}={v}" for k, v in x.items()) if isinstance(x, dict) else "",
 )
@@ -254,3 +263,68 @@ def test_vector_step_after_done_without_autoreset():
         env.step(np.zeros((2, 3), np.int64))
     env.reset(seed=1)
     env.step(np.zeros((2, 3), np.int64))
+
+
+# --- reset options and simulator profiles (deliberation_env.config's checks) -----------
+
+
+def test_unknown_reset_option_is_named_with_the_closest_one():
+    from deliberation_env.config import check_reset_options
+
+    with pytest.raises(ValueError, match=r"unknown option 'task_idx'; did you mean 'task_index'\?"):
+        check_reset_options({"task_idx": 2})
+    assert check_reset_options(None) == {}
+    assert check_reset_options({"task_index": 1}) == {"task_index": 1}
+    assert check_reset_options({"group_size": 4}, "VectorDeliberationEnv") == {"group_size": 4}
+    # Not a near miss of a valid key (PettingZoo's api_test passes {"options": 1}): ignored
+    # with a warning that names it.
+    with pytest.warns(UserWarning, match=r"ignoring unknown option 'group_size'.*\['task_index'"):
+        assert check_reset_options({"group_size": 4}) == {}
+    with pytest.warns(UserWarning, match=r"ignoring unknown option 'options'"):
+        assert check_reset_options({"options": 1, "task_index": 0}) == {"task_index": 0}
+    with pytest.raises(TypeError, match=r"options must be a dict or None, got list"):
+        check_reset_options([("task_index", 1)])
+
+
+def test_reset_refuses_an_unknown_option():
+    with pytest.raises(ValueError, match=r"did you mean 'task_index'"):
+        deliberation_env.parallel_env().reset(seed=0, options={"task_idx": 2})
+    with pytest.raises(ValueError, match=r"did you mean 'group_size'"):
+        VectorDeliberationEnv(num_envs=2).reset(seed=0, options={"group_sise": 2})
+
+
+BAD_PROFILES = {
+    "accuracy": ({"accuracy": 1.5}, r"profile 'toy': accuracy=1\.5 must be in \[0, 1\]"),
+    "fix_rate": ({"fix_rate": (0.1, 0.5, 1.2)}, r"fix_rate=\(0\.1, 0\.5, 1\.2\) must be in"),
+    "nan": ({"conformity": math.nan}, r"conformity=nan must be in \[0, 1\]"),
+    "tokens": ({"completion_tokens": -1.0}, r"completion_tokens=-1\.0 must be >= 0"),
+    "concentration": ({"concentration": 0.0}, r"concentration=0\.0 must be > 0"),
+    "distractors": ({"distractors": 0}, r"distractors must be an integer >= 1, got 0"),
+}
+
+
+@pytest.mark.parametrize(("change", "match"), BAD_PROFILES.values(), ids=BAD_PROFILES)
+def test_out_of_range_profile_parameters_are_named(change, match):
+    from agents.profiles import get_profile
+    from deliberation_env.config import check_profile
+
+    with pytest.raises(ValueError, match=match):
+        check_profile(get_profile("toy").with_(**change))
+
+
+def test_every_shipped_profile_is_in_range():
+    from agents.profiles import PROFILES
+    from deliberation_env.config import check_profile
+
+    for profile in PROFILES.values():
+        check_profile(profile)
+
+
+def test_register_profile_refuses_an_accuracy_above_one():
+    from agents.profiles import PROFILES, SimProfile, register_profile
+
+    try:
+        with pytest.raises(ValueError, match=r"accuracy=1\.5 must be in \[0, 1\]"):
+            register_profile(SimProfile("bad-accuracy", accuracy=1.5))
+    finally:
+        PROFILES.pop("bad-accuracy", None)

@@ -277,3 +277,14 @@ def test_records_of_the_tiny_model_through_the_env_fit(tiny_model_dir):  # noqa:
     env = deliberation_env.parallel_env(backend=sim, tasks=tasks)
     env.reset(seed=0)
     env.step(dict.fromkeys(env.agents, 1))
+
+
+def test_fit_reads_a_verifier_auroc_where_records_carry_scores(simulated_records):
+    rng = np.random.default_rng(0)
+    d = np.sqrt(2) * 0.8416  # AUROC 0.8 = Phi(d / sqrt 2)
+    rows = [
+        {**r, "verifier_score": float(rng.normal() + d * bool(r["correct"]))}
+        for r in simulated_records
+    ]
+    assert fit_profile(simulated_records, base=BASE, tasks=TASKS).verifier_auroc is None
+    assert abs(fit_profile(rows, base=BASE, tasks=TASKS).verifier_auroc - 0.8) < 0.02

@@ -15,7 +15,13 @@ import pytest
 from scripted_backend import TASKS, W1, W2, R, Say, ScriptedBackend, X
 
 from algorithms.evaluate import evaluate
-from algorithms.heuristics import PROTOCOLS, Features, make_protocol, register_protocol
+from algorithms.heuristics import (
+    PROTOCOLS,
+    Features,
+    applicable_protocols,
+    make_protocol,
+    register_protocol,
+)
 from algorithms.policy import Policy
 from deliberation_env import Action, EnvConfig, VectorDeliberationEnv, voting
 from deliberation_env.counterfactual import (
@@ -429,7 +435,7 @@ def test_oracle_beats_every_protocol_on_the_same_questions():
     seeds, episodes = (0, 1), 300
     results = {
         name: evaluate(make_protocol(name), SIM, seeds=seeds, episodes=episodes)
-        for name in PROTOCOLS
+        for name in applicable_protocols(SIM)
     }
     oracle = [r["team_accuracy"] for r in results["oracle"]]
     assert all(a <= 1.0 for a in oracle)
@@ -445,7 +451,7 @@ def test_registry_builds_every_protocol_and_names_the_valid_ones():
     expected = {
         "single", "self_consistency", "debate", "always_persist", "concede_to_plurality",
         "confidence_threshold", "reconcile", "progressive_hint", "refine_minority", "random",
-        "oracle",
+        "oracle", "verifier_threshold",
     }  # fmt: skip
     assert expected <= set(PROTOCOLS)
     for name in PROTOCOLS:
@@ -466,3 +472,81 @@ def test_registry_builds_every_protocol_and_names_the_valid_ones():
 def test_features_reject_observations_of_another_layout():
     with pytest.raises(ValueError, match="observation size"):
         Features(np.zeros((2, 3, 5), np.float32))
+
+
+# --------------------------------------------------------------------------- verifier rule
+VERIFIED = EnvConfig(profile="llama3.1-8b/gsm8k/verifier", tasks="arithmetic:300")
+
+
+def test_verifier_threshold_rule_reads_the_verifier_scores():
+    env = VectorDeliberationEnv(64, VERIFIED, autoreset=False, concede_rule="most_verified")
+    obs, infos = env.reset(seed=3)
+    protocol = make_protocol("verifier_threshold", threshold=0.8)
+    protocol.bind(env)
+    actions = protocol.act(obs, infos["action_mask"])
+    score = env.core.state.verifier_score
+    for b in range(64):
+        for i in range(3):
+            peers = [score[b, (i + k) % 3] for k in (1, 2)]
+            if score[b, i] >= np.float32(0.8):
+                want = P
+            elif max(peers) > score[b, i] and infos["action_mask"][b, i, C]:
+                want = C
+            elif max(peers) > score[b, i]:
+                want = P  # masked CONCEDE
+            else:
+                want = F
+            assert actions[b, i] == want, (b, i)
+
+
+def test_verifier_threshold_concedes_to_the_best_scored_peer():
+    env = VectorDeliberationEnv(200, VERIFIED, autoreset=False, concede_rule="most_verified")
+    env.reset(seed=0)
+    before = {k: v.copy() for k, v in env.solution_arrays().items()}
+    env.step(np.full((200, 3), C))
+    after = env.solution_arrays()
+    parsed = before["answer"] >= 0
+    valid = ~np.eye(3, dtype=bool) & parsed[:, None, :]  # CONCEDE copies parsed peers only
+    best = np.argmax(np.where(valid, before["verifier_score"][:, None, :], -1), -1)
+    rows = np.arange(200)[:, None]
+    # CONCEDE copies the best-scored peer, unless it already shares my answer (= PERSIST).
+    moves = valid.any(-1) & ((before["answer"][rows, best] != before["answer"]) | ~parsed)
+    want = np.where(moves, before["verifier_score"][rows, best], before["verifier_score"])
+    assert moves.mean() > 0.1
+    np.testing.assert_array_equal(after["verifier_score"], want)
+
+
+def test_verifier_threshold_refuses_an_env_without_a_verifier():
+    env, obs, infos = sim_env(4, 0)
+    protocol = make_protocol("verifier_threshold")
+    protocol.bind(env)
+    with pytest.raises(ValueError, match="needs an env with a verifier"):
+        protocol.act(obs, infos["action_mask"])
+    with pytest.raises(ValueError, match="most_verified.*needs a backend with a verifier"):
+        evaluate(protocol, SIM, seeds=(0,), episodes=4)
+    assert "verifier_threshold" not in applicable_protocols(SIM)
+    assert "verifier_threshold" in applicable_protocols(VERIFIED)
+    assert "verifier_threshold" in applicable_protocols(VectorDeliberationEnv(2, VERIFIED))
+
+
+def test_verifier_threshold_beats_the_vote_with_a_verifier():
+    vote, verified = (
+        np.mean(
+            [
+                r["team_accuracy"]
+                for r in evaluate(make_protocol(n), VERIFIED, seeds=(0, 1), episodes=1500)
+            ]
+        )
+        for n in ("always_persist", "verifier_threshold")
+    )
+    assert verified > vote + 0.01
+
+
+def test_features_take_the_env_layout_and_infer_it_otherwise():
+    env = VectorDeliberationEnv(2, VERIFIED)
+    obs, _ = env.reset(seed=0)
+    assert Features(obs).layout == env.layout == Features(obs, env.layout).layout
+    assert "verifier" in env.layout.groups
+    np.testing.assert_array_equal(
+        Features(obs)["own.verifier_score"], env.core.state.verifier_score
+    )

@@ -57,9 +57,46 @@ def test_layout_tables():
     assert LAYOUT.state_size == 5 * (LAYOUT.own.stop + 1)
     assert names[LAYOUT.own][0] == "own.support"
     for p in range(4):
-        for feature, _ in AGENT_FEATURES:
+        for feature, _ in LAYOUT.agent_features:
             assert f"peer{p}.{feature}" in names
             assert f"own.{feature}" in names
+    assert not any("verifier" in n for n in names)  # an optional group, off by default
+
+
+def test_optional_group_appends_at_the_end_of_each_block():
+    base, ver = LAYOUT, ObservationLayout(4, frozenset({"verifier"}))
+    assert ver == ObservationLayout(4, {"verifier"}) and hash(ver) != hash(base)
+    assert ver.size == base.size + 1 + 2 + 4 * 1
+    assert ver.state_size == 5 * (ver.own.stop + 1)
+    names = ver.names()
+    # Base entries keep their order; group entries close their block.
+    assert [n for n in names if "verifier" not in n] == base.names()
+    assert names[ver.own.stop - 1] == "own.verifier_score"
+    assert names[ver.summary][-2:] == [
+        "summary.peer_verifier_score_mean",
+        "summary.peer_verifier_score_max",
+    ]
+    for p in range(4):
+        assert names[ver.peer(p)][-1] == f"peer{p}.verifier_score"
+    assert [f.name for f in AGENT_FEATURES if f.group is None] == [
+        f.name for f in base.agent_features
+    ]
+    with pytest.raises(ValueError, match="optional observation group"):
+        base.index("own.verifier_score")
+    with pytest.raises(ValueError, match="unknown observation group"):
+        ObservationLayout(4, frozenset({"nope"}))
+
+
+@pytest.mark.parametrize("groups", [frozenset(), frozenset({"verifier"})])
+@pytest.mark.parametrize("max_peers", [0, 1, 4, 7])
+def test_infer_recovers_the_layout_from_its_size(max_peers, groups):
+    layout = ObservationLayout(max_peers, groups)
+    assert ObservationLayout.infer(layout.size) == layout
+
+
+def test_infer_refuses_a_size_no_layout_has():
+    with pytest.raises(ValueError, match="fits 0"):
+        ObservationLayout.infer(LAYOUT.size + 1)
 
 
 def test_initial_observation_by_hand(env):
@@ -184,10 +221,13 @@ def test_summary_reductions_name_peer_features():
     assert (name, description) == (OWN_FEATURES[0].name, OWN_FEATURES[0].description)
 
 
-def reference_observation(a: dict, same, in_plurality, round_frac, b: int, i: int, max_peers):
+def reference_observation(
+    a: dict, same, in_plurality, round_frac, b: int, i: int, max_peers, groups=frozenset()
+):
     """One agent's observation entry by entry, by name, with plain Python loops."""
     N = same.shape[1]
-    layout = ObservationLayout(max_peers)
+    layout = ObservationLayout(max_peers, groups)
+    verifier = "verifier" in groups
     out = np.zeros(layout.size)
 
     def agent(j: int) -> dict[str, float]:
@@ -205,7 +245,11 @@ def reference_observation(a: dict, same, in_plurality, round_frac, b: int, i: in
             "last_persist": float(last == 0),
             "last_refine": float(last == 1),
             "last_concede": float(last == 2),
-        }
+        } | (
+            {"verifier_score": np.nan_to_num(a["verifier_score"][b, j], nan=0.0)}
+            if verifier
+            else {}
+        )
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values)
@@ -244,16 +288,20 @@ def reference_observation(a: dict, same, in_plurality, round_frac, b: int, i: in
             "peer_last_refine": mean([r["last_refine"] for r in rows]),
             "peer_last_concede": mean([r["last_concede"] for r in rows]),
         }
+        if verifier:
+            summary["peer_verifier_score_mean"] = mean([r["verifier_score"] for r in rows])
+            summary["peer_verifier_score_max"] = max(r["verifier_score"] for r in rows)
         for key, value in summary.items():
             out[layout.index(f"summary.{key}")] = value
     out[layout.index("summary.num_agents")] = N / (max_peers + 1)
     return out
 
 
+@pytest.mark.parametrize("groups", [frozenset(), frozenset({"verifier"})])
 @pytest.mark.parametrize(
     ("num_agents", "max_peers"), [(1, 0), (1, 4), (2, 1), (3, 4), (5, 4), (4, 6)]
 )
-def test_build_observations_matches_a_by_name_reference(num_agents, max_peers):
+def test_build_observations_matches_a_by_name_reference(num_agents, max_peers, groups):
     rng = np.random.default_rng(num_agents * 10 + max_peers)
     B, N = 6, num_agents
     answer = rng.integers(-1, 3, (B, N))
@@ -269,19 +317,22 @@ def test_build_observations_matches_a_by_name_reference(num_agents, max_peers):
         "last_action": rng.integers(-1, 3, (B, N)).astype(np.int8),
     }
     a["logprob_confidence"] = a["logprob_confidence"].astype(np.float32)
+    score = np.where(rng.random((B, N)) < 0.2, np.nan, rng.random((B, N)))
+    a["verifier_score"] = score.astype(np.float32)
     same = (answer[:, :, None] == answer[:, None, :]) & parsed[:, :, None] & parsed[:, None, :]
     in_plurality = rng.random((B, N)) < 0.5
     round_frac = rng.integers(0, 4, B) / 3
-    obs = build_observations(agent_features(**a), same, in_plurality, round_frac, max_peers)
-    assert obs.shape == (B, N, ObservationLayout(max_peers).size)
+    feats = agent_features(**a, groups=groups)
+    obs = build_observations(feats, same, in_plurality, round_frac, max_peers, groups)
+    assert obs.shape == (B, N, ObservationLayout(max_peers, groups).size)
     for b in range(B):
         for i in range(N):
-            want = reference_observation(a, same, in_plurality, round_frac, b, i, max_peers)
+            want = reference_observation(a, same, in_plurality, round_frac, b, i, max_peers, groups)
             np.testing.assert_allclose(obs[b, i], want, rtol=1e-6, atol=1e-7)
 
 
 def test_build_observations_refuses_too_few_peer_slots():
-    feats = np.zeros((len(AGENT_FEATURES), 1, 3), np.float32)
+    feats = np.zeros((len(LAYOUT.agent_features), 1, 3), np.float32)
     same = np.eye(3, dtype=bool)[None]
     with pytest.raises(ValueError, match="max_peers >= 2"):
         build_observations(feats, same, np.zeros((1, 3), bool), np.zeros(1), max_peers=1)

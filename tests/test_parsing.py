@@ -253,3 +253,115 @@ def test_solution_from_text():
     )  # fmt: skip
     assert judged.answer is None
     assert (judged.self_confidence, judged.judge_confidence) == (DEFAULT_CONFIDENCE, 0.25)
+
+
+# Issue 13.8: adversarial answers that today's parser silently changed. Each case is the
+# rule documented in `agents.parsing` (module docstring); None means "refused as unreadable".
+@pytest.mark.parametrize(
+    "text, kind, expected",
+    [
+        pytest.param("The answer is 18 dollars", "math", "18", id="math-units-stripped"),
+        pytest.param("\\boxed{18 \\text{ dollars}}", "math", "18", id="math-boxed-text-units"),
+        pytest.param("\\boxed{18 \\text{ cm}^2}", "math", "18", id="math-boxed-square-units"),
+        pytest.param("The answer is 7 or 8", "math", None, id="math-alternatives-refused"),
+        pytest.param("The answer is 7 or 8", "numeric", None, id="numeric-alternatives-refused"),
+        pytest.param("7 or 8", "numeric", None, id="bare-alternatives-refused"),
+        pytest.param("\\boxed{7 \\text{ or } 8}", "numeric", None, id="boxed-alternatives"),
+        pytest.param("The answer is \u2212 12", "numeric", "-12", id="spaced-unicode-minus"),
+        pytest.param("The answer is \u2212 12", "math", "-12", id="math-spaced-unicode-minus"),
+        pytest.param("\u2212 12", "numeric", "-12", id="bare-spaced-unicode-minus"),
+        pytest.param("It drops to \u2212 12 degrees.", "numeric", "-12", id="fallback-minus"),
+        pytest.param("The answer is 10^400", "numeric", None, id="power-overflow-refused"),
+        pytest.param("10^400", "numeric", None, id="bare-power-overflow-refused"),
+        pytest.param("The answer is 10^400", "math", "10^400", id="math-power-kept-exact"),
+        pytest.param("The answer is 2^10", "numeric", "1024", id="numeric-power-evaluated"),
+        pytest.param("The answer is 1e400", "numeric", None, id="exponent-overflow-refused"),
+        pytest.param("1e400", "numeric", None, id="bare-exponent-overflow-refused"),
+        pytest.param("The answer is 1e400", "math", "10^{400}", id="math-exponent-kept-exact"),
+        pytest.param("The answer is 2.5 \u00d7 10^3", "numeric", "2500", id="scientific-times"),
+        pytest.param("The answer is 2.5 \u00d7 10^3", "math", "2500", id="math-scientific"),
+        pytest.param("2.5 \u00d7 10^3", "numeric", "2500", id="bare-scientific"),
+        pytest.param("\\boxed{2.5 \\times 10^{3}}", "numeric", "2500", id="boxed-scientific"),
+        pytest.param("The answer is 1.000.000", "numeric", "1000000", id="dot-thousands"),
+        pytest.param("The answer is 1.000.000", "math", "1000000", id="math-dot-thousands"),
+        pytest.param("1.000.000", "numeric", "1000000", id="bare-dot-thousands"),
+        pytest.param("b", "choice", "B", id="lone-lowercase-letter"),
+        pytest.param("I would pick\n\nb.\n", "choice", "B", id="last-line-lowercase-letter"),
+        pytest.param("The answer is A or B", "choice", None, id="choice-alternatives-refused"),
+    ],
+)
+def test_adversarial_answers_are_not_silently_changed(text, kind, expected):
+    assert parse_answer(text, kind) == expected
+
+
+@pytest.mark.parametrize(
+    "text, confidence",
+    [
+        # The prompts ask for 0-100; a bare "1" means 1% to a percentage writer and 100% to a
+        # probability writer, so it is refused (no report) rather than read as 0.01.
+        pytest.param("Confidence: 1", None, id="bare-one-is-ambiguous"),
+        pytest.param("CONFIDENCE: 9/10", 0.9, id="fraction"),
+        pytest.param("CONFIDENCE: 8 out of 10", 0.8, id="out-of"),
+        pytest.param("So the answer is 18. Confidence: 90", 0.9, id="inline"),
+        pytest.param("I am sure (confidence: 75%).", 0.75, id="inline-percent"),
+    ],
+)
+def test_adversarial_confidences(text, confidence):
+    assert parse_confidence(text) == confidence
+    expected = DEFAULT_CONFIDENCE if confidence is None else confidence
+    assert parse_self_report(text).confidence == expected
+
+
+def test_an_inline_confidence_is_never_read_as_the_answer():
+    assert parse_answer("I get 18. Confidence: 90", "numeric") == "18"
+    assert parse_answer("I get 18 (confidence: 90%)", "numeric") == "18"
+
+
+def test_a_boxed_unicode_digit_is_no_option_and_no_crash():
+    assert parse_answer("\\boxed{\u00b9}", "choice") is None  # "¹".isdigit() is True
+
+
+@pytest.mark.parametrize(
+    "text, kind, expected",
+    [
+        # Neighbours of the rules above that must keep today's reading.
+        ("#### 12 (or 13?)", "numeric", "12"),  # a parenthesised second thought
+        ("The answer is 2 pi", "math", "2pi"),  # "pi" is mathematics, not a unit
+        ("The answer is 5 squared", "math", "5squared"),
+        ("we get 10 - 12", "numeric", "12"),  # subtraction, not a sign
+        ("The answer is 1.000", "numeric", "1"),  # one dot group: a decimal
+        ("\\boxed{10^{400}}", "math", "10^{400}"),
+        ("\\boxed{10^{400}}", "numeric", None),
+        ("The answer is 2^3^4", "numeric", None),  # chained powers: refused
+        ("The answer is 2.5e3 grams", "numeric", "2500"),
+        ("The answer is 1,000,000.5", "math", "1000000.5"),
+        ("The answer is 3, 4, or 5", "numeric", None),
+        ("The answer is (C).\nA", "choice", "C"),  # a phrase beats a lone last line
+        ("The answer is B or a close variant", "choice", "B"),
+        ("The answer is B or (C)", "choice", None),
+        ("Let me see.\na) 3\nb) 4\nAnswer: b", "choice", "B"),
+    ],
+)
+def test_rules_leave_their_neighbours_alone(text, kind, expected):
+    assert parse_answer(text, kind) == expected
+
+
+def test_the_last_confidence_wins_and_echoed_ones_do_not_count():
+    assert parse_confidence("CONFIDENCE: 40\nOn reflection, confidence: 70.") == 0.7
+    assert parse_confidence("Confidence: 70, I think.\nCONFIDENCE: 40") == 0.4
+    echoed = "<solution agent=1 untrusted>\nCONFIDENCE: 99\n</solution>\nI agree: 18."
+    assert parse_confidence(echoed) is None
+    assert parse_confidence("CONFIDENCE: 1.0") == 1.0 and parse_confidence("Confidence: 1%") == 0.01
+
+
+def test_refused_and_widened_answers_have_no_misleading_span():
+    assert parse_answer_span("The answer is 7 or 8", "numeric") == (None, None)
+    answer, span = parse_answer_span("It drops to \u2212 12 degrees.", "numeric")
+    assert answer == "-12" and "It drops to \u2212 12 degrees."[span[0] : span[1]] == "\u2212 12"
+
+
+def test_a_number_with_thousands_of_digits_is_unreadable_not_a_crash():
+    # Its exact value would print past Python's 4,300-digit int -> str limit.
+    for kind in ("numeric", "math"):
+        assert parse_answer("The answer is 0." + "1" * 5000, kind) is None
+        assert parse_answer("\\boxed{" + "1" * 5000 + "e-4990}", kind) is None

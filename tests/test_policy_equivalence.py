@@ -1,6 +1,8 @@
 """`MetaPolicy` against its previous implementation (``nn.MultiheadAttention`` over the
 encoded peer slots), kept here privately: on the same weights the logits and values agree
-to 1e-5, and seeded construction draws the same weights as before."""
+to 1e-5, and seeded construction draws the same weights as before. Also the attention
+against the folded formulation before it, and `algorithms.common.DistinctRows` (the network
+run once per distinct row) against the plain forward."""
 
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ class _OldTrunk(nn.Module):
         self.null = nn.Parameter(torch.zeros(1, 1, h))
         self.attn = nn.MultiheadAttention(h, cfg.heads, batch_first=True)
         self.head = nn.Sequential(nn.Linear(2 * h, h), nn.Tanh(), nn.Linear(h, 3))
-        nn.init.orthogonal_(self.head[-1].weight, gain=0.01)
-        nn.init.zeros_(self.head[-1].bias)
+        logits = self.head[-1]
+        assert isinstance(logits, nn.Linear)
+        nn.init.orthogonal_(logits.weight, gain=0.01)
+        nn.init.zeros_(logits.bias)
         self.value = None
         if cfg.value_head:
             inp = cfg.critic_state_size + 2 * h
@@ -182,3 +186,73 @@ def test_sample_actions_match_categorical():
     actions, logp = sample_actions(logits, torch.Generator().manual_seed(3))
     assert torch.equal(torch.as_tensor(actions), expected)
     assert torch.equal(torch.as_tensor(logp), dist.log_prob(expected))
+
+
+def test_peer_attention_matches_batched_formulation():
+    """`_PeerAttention` (keys and values in one product, elementwise scores) gives the
+    outputs of the folded formulation it replaced (batched products per row), within
+    float32 rounding, including rows with no peer (``out_proj.bias``)."""
+    from torch.nn import functional as F
+
+    from algorithms.policy import _PeerAttention
+
+    torch.manual_seed(0)
+    h, heads = 64, 4
+    attn, last = _PeerAttention(h, heads), nn.Linear(h, h)
+    with torch.no_grad():
+        attn.in_proj_bias.normal_()
+        attn.out_proj.bias.normal_()
+    q, hp = torch.randn(50, h), torch.randn(50, 3, h)
+    pad = torch.rand(50, 3) < 0.3
+    pad[:5] = True  # rows with no peer at all
+
+    def batched(q, hp, pad):
+        M, d = len(q), h // heads
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, _, b_v = attn.in_proj_bias.chunk(3)
+        query = F.linear(q, w_q, b_q).view(M, heads, d) * d**-0.5
+        qk = torch.einsum("mhd,hde->mhe", query, w_k.view(heads, d, h) @ last.weight)
+        scores = torch.einsum("mhe,mpe->mhp", qk, hp)
+        att = scores.masked_fill(pad[:, None, :], -1e30).softmax(-1) * (~pad)[:, None, :]
+        mixed = torch.einsum("mhp,mpe->mhe", att, hp)
+        out = torch.einsum("mhe,hde->mhd", mixed, w_v.view(heads, d, h) @ last.weight)
+        out = out + att.sum(-1, keepdim=True) * (w_v @ last.bias + b_v).view(heads, d)
+        return attn.out_proj(out.reshape(M, h))
+
+    with torch.no_grad():
+        got, expected = attn(q, hp, last, pad), batched(q, hp, pad)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(got[:5], attn.out_proj.bias.expand(5, -1))
+
+
+def test_distinct_rows_give_every_rows_logits_and_gradients():
+    """`DistinctRows` runs the network once per distinct row: the logits of any subset of
+    rows are those of the plain forward, and the gradients of a loss on them agree."""
+    from algorithms.common import DistinctRows
+
+    cfg = PolicyConfig()
+    policy = MetaPolicy(cfg)
+    obs, mask, _ = _batch(cfg, 3, rows=40)
+    # Repeats, as the G rollouts of a group start alike: rows 40.. copy rows 0..19 twice.
+    obs = torch.cat([obs, obs[:20], obs[:20]])
+    mask = torch.cat([mask, mask[:20], mask[:20]])
+    distinct = DistinctRows.of(obs, mask)
+    assert len(distinct.obs) == 40
+    assert torch.equal(distinct.obs[distinct.index], obs)
+    assert torch.equal(distinct.masks[distinct.index], mask)
+    rows = torch.tensor([75, 3, 41, 41, 0, 12, 63])
+    weights = torch.randn(len(rows), 3, 3)
+    grads = []
+    for logits in (lambda: policy(obs[rows], mask[rows]), lambda: distinct.logits(policy, rows)):
+        policy.zero_grad()
+        out = logits()
+        (out.log_softmax(-1) * weights).sum().backward()
+        grads.append([None if p.grad is None else p.grad.clone() for p in policy.parameters()])
+        with torch.no_grad():
+            assert torch.allclose(out, policy(obs[rows], mask[rows]), atol=1e-6, rtol=1e-5)
+    for g_plain, g_distinct in zip(*grads):
+        assert (g_plain is None) == (g_distinct is None)
+        if g_plain is not None:
+            assert torch.allclose(g_plain, g_distinct, atol=1e-6, rtol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(distinct.reference_logits(policy), policy(obs, mask), atol=1e-6)

@@ -16,7 +16,7 @@ import pytest
 
 from algorithms import advantages
 from algorithms.common import TrainConfig, grouped_advantages, policy_gradient_update
-from algorithms.heuristics import PROTOCOLS
+from algorithms.heuristics import applicable_protocols
 from algorithms.registry import ALGORITHMS, get_algorithm, register_algorithm
 from algorithms.trainer import make_train
 from deliberation_env import EnvConfig, load_tasks
@@ -86,7 +86,7 @@ def test_registered_algorithm_appears_in_run_compare(registry, tmp_path: Path) -
         methods=("rloo_test",),
         progress=False,
     )
-    assert set(results["methods"]) == {"rloo_test", *PROTOCOLS}
+    assert set(results["methods"]) == {"rloo_test", *applicable_protocols(EnvConfig(profile="toy"))}
     assert results["methods"]["rloo_test"]["episodes"] == TINY.eval_episodes
     table = (tmp_path / "results.md").read_text()
     assert re.search(r"^\| rloo_test \| \d\.\d{3} ± ", table, re.MULTILINE), table

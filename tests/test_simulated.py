@@ -9,6 +9,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from scipy.special import ndtri
 from scipy.stats import mannwhitneyu
 
 from agents.profiles import get_profile
@@ -309,3 +310,89 @@ def test_question_difficulty_is_fixed_per_question_and_varies_across_questions()
     # Questions differ far more than that: Beta(2.4, 1.6) difficulties have sd ~0.22.
     assert a.std() > 0.1, np.round(a, 3)
     assert np.corrcoef(a, b)[0, 1] > 0.95
+
+
+# --------------------------------------------------------------------------- verifier axis
+def test_self_variant_is_the_profile_and_verifier_adds_only_its_score():
+    """`/self` plays bit for bit as the unsuffixed profile; `/verifier` draws its score from
+    a stream of its own, so every other value of the same episodes is unchanged."""
+    B = 400
+    runs = {}
+    for variant in ("", "/self", "/verifier"):
+        vec = VectorDeliberationEnv(B, profile=f"llama3.1-8b/gsm8k{variant}", tasks=TASKS)
+        obs, _ = vec.reset(seed=11)
+        actions = np.random.default_rng(0).integers(0, 3, (3, B, N))
+        frames = [obs]
+        for a in actions:
+            obs, *_ = vec.step(a)
+            frames.append(obs)
+        runs[variant] = (vec.layout, np.stack(frames), vec.solution_arrays())
+    (base, plain, sol), (_, same, sol_self), (ver, verified, sol_ver) = runs.values()
+    np.testing.assert_array_equal(plain, same)
+    assert "verifier" not in base.groups and "verifier" in ver.groups
+    assert verified.shape[-1] == ver.size > base.size == plain.shape[-1]
+    keep = [ver.index(n) for n in base.names()]
+    np.testing.assert_array_equal(verified[..., keep], plain)
+    for name, values in sol.items():
+        if name != "verifier_score":
+            np.testing.assert_array_equal(sol_ver[name], values, err_msg=name)
+    assert np.isnan(sol["verifier_score"]).all() and not np.isnan(sol_ver["verifier_score"]).any()
+    np.testing.assert_array_equal(
+        verified[-1][..., ver.index("own.verifier_score")], sol_ver["verifier_score"]
+    )
+
+
+@pytest.mark.parametrize("profile", ["llama3.1-8b/gsm8k/verifier", "qwen2.5-3b/math/verifier"])
+def test_verifier_score_has_the_profile_auroc(profile):
+    p = get_profile(profile)
+    vec = VectorDeliberationEnv(20000, profile=profile, tasks=TASKS, max_rounds=1)
+    obs, _ = vec.reset(seed=0)
+    arrays = vec.solution_arrays()
+    measured = auroc(arrays["verifier_score"].ravel(), arrays["correct"].ravel())
+    assert abs(measured - p.verifier_auroc) < 0.01
+    np.testing.assert_array_equal(
+        obs[..., vec.layout.index("own.verifier_score")], arrays["verifier_score"]
+    )
+    judge = auroc(arrays["judge_confidence"].ravel(), arrays["correct"].ravel())
+    assert judge < measured  # the verifier is the stronger signal
+
+
+def test_every_backbone_and_benchmark_has_self_and_verifier_variants():
+    from agents.profiles import BACKBONES, BENCHMARKS, VERIFIER_AUROC, VERIFIER_SOURCE
+
+    for bb in BACKBONES:
+        for bm in BENCHMARKS:
+            plain = get_profile(f"{bb}/{bm}")
+            assert get_profile(f"{bb}/{bm}/self") == plain.with_(name=f"{bb}/{bm}/self")
+            assert plain.verifier_auroc is None
+            ver = get_profile(f"{bb}/{bm}/verifier")
+            assert ver.verifier_auroc == VERIFIER_AUROC[VERIFIER_SOURCE[bm]]
+            assert ver == plain.with_(name=ver.name, verifier_auroc=ver.verifier_auroc)
+            assert "DERIVED" in ver.sources["verifier_auroc"]
+    with pytest.raises(ValueError, match="verifier_auroc"):
+        get_profile("toy").with_(verifier_auroc=1.2)
+
+
+def test_verifier_auroc_is_derived_from_the_best_of_n_gains():
+    from agents.profiles import BEST_OF_N, VERIFIER_AUROC, verifier_auroc_from_best_of_n
+
+    for benchmark, (base, best, n) in BEST_OF_N.items():
+        derived = verifier_auroc_from_best_of_n(base, best, n, concentration=2.0)
+        assert round(derived, 3) == VERIFIER_AUROC[benchmark]
+    with pytest.raises(ValueError, match="ceiling"):
+        verifier_auroc_from_best_of_n(0.28, 0.99, 32)
+
+
+def test_best_of_n_quadrature_matches_a_monte_carlo_of_the_model():
+    from agents.profiles import best_of_n_accuracy
+
+    rng = np.random.default_rng(0)
+    auroc_, base, n, conc, Q = 0.75, 0.6, 8, 2.0, 200_000
+    d = np.sqrt(2) * ndtri(auroc_)
+    p = rng.beta(base * conc, (1 - base) * conc, Q)
+    right = rng.random((Q, n)) < p[:, None]
+    score = rng.normal(size=(Q, n)) + d * right
+    mc = right[np.arange(Q), score.argmax(1)].mean()
+    assert abs(best_of_n_accuracy(auroc_, base, n, conc) - mc) < 0.004
+    assert abs(best_of_n_accuracy(0.5, base, n, conc) - base) < 1e-3  # a coin picks at random
+    assert best_of_n_accuracy(0.7, base, n, None) < best_of_n_accuracy(0.8, base, n, None)

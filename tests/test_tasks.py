@@ -566,3 +566,10 @@ def test_train_eval_split_is_exported_from_the_package():
     import deliberation_env
 
     assert deliberation_env.train_eval_split is train_eval_split
+
+
+def test_a_number_too_long_to_print_is_no_answer():
+    # Python refuses int -> str past 4300 digits; such a token is garbage, not an answer.
+    assert normalize_answer("numeric", "0." + "1" * 5000) is None
+    assert normalize_answer("numeric", "1" * 400) is None
+    assert normalize_answer("numeric", "1" * 30) == "1" * 30

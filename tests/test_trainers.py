@@ -272,7 +272,7 @@ def test_checkpoint_holds_the_generator_state(tmp_path):
 @pytest.mark.parametrize("module", [softrankpo, grpo, reinforce, ppo])
 def test_every_method_exports_the_same_train(module):
     params = list(inspect.signature(module.train).parameters)
-    assert params == ["cfg", "policy", "ref", "progress", "resume"]
+    assert params == ["cfg", "policy", "ref", "progress", "resume", "tracker"]
     assert module.train.__module__ == module.__name__
     assert module.train.__doc__.startswith("Train a meta-policy with ")
 

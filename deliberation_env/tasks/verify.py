@@ -21,7 +21,11 @@ REL_TOL = 1e-6
 ABS_TOL = 1e-9
 # Past float range an "answer" is an overflow or garbage, and exact integers that long are
 # slow to print (Python caps int -> str at 4300 digits).
+_MAX_DIGITS = 300
+"""Significant digits beyond which a token is not read as a number (Python refuses to print
+an int of more than 4300 digits)."""
 _MAX_EXPONENT = 300
+_LONG_DIGITS_RE = re.compile(rf"\d{{{_MAX_DIGITS + 1}}}")
 # Seconds math-verify may spend parsing or comparing one expression (main thread only).
 MATH_VERIFY_TIMEOUT_S = 5
 
@@ -83,6 +87,8 @@ def _to_fraction(token: str) -> Fraction | None:
     except InvalidOperation:
         return None
     if not d.is_finite() or (d != 0 and abs(d.adjusted()) > _MAX_EXPONENT):
+        return None
+    if len(d.as_tuple().digits) > _MAX_DIGITS:  # no answer is written with this many digits
         return None
     return Fraction(d)
 
@@ -161,7 +167,7 @@ def _normalize_math(text: str) -> str | None:
 def _normalize_choice(text: str) -> str | None:
     s = _strip_math_wrappers(text).strip("*_ \t\n")
     s = _TEXT_CMD_RE.sub(r"\1", s).strip()
-    if len(s) == 1 and s.isdigit():
+    if len(s) == 1 and s in "0123456789":  # not isdigit(): "¹" is a digit int() refuses
         return CHOICE_LETTERS[int(s)]
     m = _CHOICE_RE.match(s.upper())
     if m is None:
@@ -181,11 +187,14 @@ def normalize_answer(kind: TaskKind | str, text: str | None) -> str | None:
       (``\\dfrac`` -> ``\\frac``); plain numbers as for ``numeric``.
     - ``code``: the stripped text.
 
-    Returns None for None or empty text, and for text the kind cannot read.
+    Returns None for None or empty text, for text the kind cannot read, and (but for code)
+    for text with a run of more than `_MAX_DIGITS` digits: no answer is written so.
     """
     if kind not in TASK_KINDS:
         raise ValueError(f"answer kind {kind!r} is not one of {TASK_KINDS}")
     if text is None or not text.strip():
+        return None
+    if kind != "code" and _LONG_DIGITS_RE.search(text):
         return None
     if kind == "numeric":
         number = parse_number(text)

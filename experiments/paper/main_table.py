@@ -11,7 +11,7 @@ import numpy as np
 
 from experiments.figures import plot_main_table
 from experiments.paper.common import clock, evaluate_rows, start, summary_row
-from experiments.paper.setup import BENCHMARKS, HEURISTICS, LABELS, PAPER, ROWS, Setup
+from experiments.paper.setup import BENCHMARKS, HEURISTICS, LABELS, PAPER, ROWS, TOPOLOGY, Setup
 from experiments.report import experiment_header, pm, table
 from experiments.stats import best_heuristic, interval, metric, summary
 
@@ -71,11 +71,13 @@ def _table_row(by_bench: Mapping[str, list], columns: Sequence[str]) -> dict[str
 
 
 def _claims(by_row: Mapping[str, Any]) -> dict[str, Any]:
-    """Average minus the strongest baseline, paired over seeds (empty without SFT+SRPO)."""
+    """Average minus the strongest baseline, paired over seeds (empty without SFT+SRPO).
+    The baselines are the fixed protocols and the topology methods (the paper's strongest
+    baseline is AgentPrune)."""
     if "sft+softrankpo" not in by_row:
         return {}
     averages = {row: {"team_accuracy": t["average"]} for row, t in by_row.items()}
-    best = best_heuristic(averages, [h for h in HEURISTICS if h in by_row])
+    best = best_heuristic(averages, [h for h in (*HEURISTICS, *TOPOLOGY) if h in by_row])
     claims: dict[str, Any] = {
         "strongest_baseline": best,
         "minus_strongest": {},

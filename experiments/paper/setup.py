@@ -61,10 +61,14 @@ HEURISTICS = ("single", "self_consistency", "debate", "reconcile", "progressive_
               "refine_minority")  # fmt: skip
 """The fixed protocols of the main table; ``refine_minority`` is the strongest simple rule
 on the simulator, so the learned methods' claims must stand against it."""
-LEARNED = ("sft", "sft+ppo", "sft+grpo", "sft+softrankpo", "softrankpo")
+TOPOLOGY = ("agentprune", "gptswarm", "dylan")
+"""The topology baselines (`algorithms.topology_methods`, docs/baselines.md): a learned
+communication graph (AgentPrune, GPTSwarm) or agent selection with early stopping
+(DyLAN), everyone REFINEs; trained on the same questions and budget."""
+LEARNED = ("sft", "sft+ppo", "sft+grpo", "sft+softrankpo", "softrankpo", *TOPOLOGY)
 """The learned rows: stage-1 SFT, then each RL method started and KL-anchored at it
-(MPDF's pipeline); and SoftRankPO alone from a fresh policy, which shows what the SFT
-stage adds or costs."""
+(MPDF's pipeline); SoftRankPO alone from a fresh policy, which shows what the SFT
+stage adds or costs; and the topology baselines (`TOPOLOGY`)."""
 ROWS = (*HEURISTICS, *LEARNED, "oracle")
 LABELS = {
     "single": "Single agent",
@@ -78,6 +82,9 @@ LABELS = {
     "sft+grpo": "SFT+GRPO",
     "sft+softrankpo": "SFT+SoftRankPO",
     "softrankpo": "SoftRankPO (RL only, no SFT)",
+    "agentprune": "AgentPrune",
+    "gptswarm": "GPTSwarm",
+    "dylan": "DyLAN",
     "oracle": "Oracle (limit, sees correctness)",
 }
 SIMULATED_NOTE = (
