@@ -285,3 +285,26 @@ def test_deliberate_bench_is_a_command(capsys):
     assert deliberate(["bench", "--suite", "mpdf-bench-v1", "--list"]) == 0
     names = capsys.readouterr().out.split()
     assert names[0] == "llama3.1-8b/gsm8k/self" and len(names) == 24
+
+
+def test_track_logs_each_learned_cell_and_the_report(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tests.test_tracking import events, scalars, text
+
+    out = tmp_path / "bench"
+    argv = ["--algo", "reinforce", "--out", str(out), "--seeds", "1", "--tasks", TWO[0],
+            "--track", "tensorboard", *FAST]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    # The report table: text, and one scalar per method and aggregate metric.
+    acc = events(out / "tensorboard")
+    assert "| reinforce |" in text(acc, "report")
+    iqm = report["methods"]["reinforce"]["aggregate"]["iqm"]["mean"]
+    assert scalars(acc, "report/reinforce/iqm") == [(0, pytest.approx(iqm))]
+    # The learned cell's training, in its own folder beside its JSON.
+    cell = next((out / "cells").glob("*/reinforce/seed0.json"))
+    trained = events(cell.with_suffix("") / "tensorboard")
+    history = json.loads(cell.read_text())["train"]
+    assert history["agent_steps"] > 0 and any(
+        t.endswith("team_accuracy") for t in trained.Tags()["scalars"]
+    )

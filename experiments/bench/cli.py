@@ -19,6 +19,7 @@ from typing import Annotated
 import tyro
 
 from experiments.bench.suite import DEFAULT_SUITE, get_suite
+from experiments.options import Track
 
 
 @dataclass
@@ -56,6 +57,9 @@ class BenchOptions:
     """Bootstrap resamples of each probability of improvement."""
     progress: bool = True
     """Show a progress bar over cells."""
+    track: Track = None
+    """Also log each learned cell's training and the report table to TensorBoard or W&B
+    (pip install 'deliberation-env[track]')."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_bench(
         opts.suite, opts.algo, opts.out, opts.seeds, opts.tasks, opts.workers,
         opts.ray_address, opts.resume, opts.protocol, opts.reps, opts.poi_reps,
-        opts.progress,
+        opts.progress, opts.track,
     )  # fmt: skip
     print((opts.out / "report.md").read_text().split("\n## Probability")[0])
     print(f"wrote {opts.out}/report.json, report.md and figures "

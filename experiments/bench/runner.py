@@ -28,6 +28,7 @@ from agents.simulated import SimulatedBackend
 from algorithms.evaluate import evaluate
 from algorithms.heuristics import PROTOCOLS, applicable_protocols, make_protocol
 from algorithms.registry import ALGORITHMS, get_algorithm
+from algorithms.tracking import make_tracker, tracked_train
 from deliberation_env.backends import register_backend
 from deliberation_env.protocol import BatchView, SolutionBatch
 from experiments.bench.suite import BenchProtocol, BenchTask
@@ -129,6 +130,9 @@ class Cell:
     protocol: BenchProtocol
     method: Method
     seed: int
+    track: tuple[str, str] | None = None
+    """``(tracker kind, log folder)`` of a learned cell under ``--track``; not part of
+    `describe`, so tracking changes neither the cell's JSON nor what resume matches."""
 
     @property
     def path(self) -> str:
@@ -150,15 +154,25 @@ def make_cells(
     protocol: BenchProtocol,
     methods: Sequence[Method],
     seeds: Sequence[int],
+    track: str | None = None,
+    out: Path | None = None,
 ) -> list[Cell]:
     """Every (task, method, seed), but a protocol only on the tasks it can run
-    (`applicable_protocols`: ``verifier_threshold`` needs a verifier)."""
+    (`applicable_protocols`: ``verifier_threshold`` needs a verifier). With `track`, each
+    learned cell logs its training under ``out/cells/TASK/METHOD/seedS/``."""
     cells = []
     for t in tasks:
         runnable = set(applicable_protocols(t.env(protocol)))
         for m in methods:
             if m.kind == "learned" or m.name in runnable:
                 cells += [Cell(suite, t, protocol, m, int(s)) for s in seeds]
+    if track is not None and out is not None:
+        cells = [
+            dataclasses.replace(c, track=(track, str(out / Path(c.path).with_suffix(""))))
+            if c.method.kind == "learned"
+            else c
+            for c in cells
+        ]
     return cells
 
 
@@ -179,7 +193,14 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         )  # fmt: skip
         _, train_fn = get_algorithm(cell.method.name).load()
         CALLS.update(solve=0, refine=0)
-        policy, history = train_fn(cfg, progress=False)
+        if cell.track is None:
+            policy, history = train_fn(cfg, progress=False)
+        else:
+            kind, folder = cell.track
+            policy, history = tracked_train(
+                train_fn, cfg, kind, folder, name=cell.method.name, run_name=cell.path,
+                group=str(Path(folder).parents[3]), progress=False,
+            )  # fmt: skip
         logged = sum(int(h.get("agent_steps", 0)) for h in history)
         train = {
             "agent_steps": logged or cell.task.agent_steps(cell.protocol),
@@ -342,11 +363,14 @@ def run_bench(
     reps: int = 2000,
     poi_reps: int = 200,
     progress: bool = True,
+    track: str | None = None,
 ) -> dict[str, Any]:
     """Run every (task, method, seed) cell of `suite` not yet under `out` and write the
     report there; returns it. `algos` are ``--algo`` values (`resolve_methods`); every
     heuristic protocol and the oracle are always run. Tasks whose profile is not
-    registered are skipped and listed in the report."""
+    registered are skipped and listed in the report. `track` (``tensorboard`` or
+    ``wandb``, `algorithms.tracking`) logs each learned cell's training in its folder and
+    the aggregate table in `out`."""
     from experiments.bench.report import build_report, write_report
     from experiments.bench.suite import ProfileNotRegistered, get_suite
 
@@ -373,7 +397,7 @@ def run_bench(
     base = [by_name.get(m.name, m) for m in baselines()]
     methods = [*learned, *base]
     out = Path(out)
-    cells = make_cells(s.name, chosen, p, methods, seed_list)
+    cells = make_cells(s.name, chosen, p, methods, seed_list, track, out)
     executor = make_executor(workers, ray_address)
     finished = run_cells(out, cells, executor, resume, progress)
     results = {(c.task.name, c.method.name, c.seed): finished[c.path] for c in cells}
@@ -399,4 +423,25 @@ def run_bench(
         "workers": workers, "runner": "ray" if ray_address else "pool" if workers > 1 else "serial",
     }  # fmt: skip
     write_report(report, out, wall)
+    tracker = make_tracker(track, out, name="bench", group=str(out))
+    if tracker is not None:
+        with tracker:
+            tracker.log_config({"suite": s.name, "protocol": dataclasses.asdict(p),
+                                "algos": list(algos), "seeds": seed_list})  # fmt: skip
+            tracker.log_table("report", report_rows(report))
     return report
+
+
+def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per method of the report's aggregate table (its normalised-score metrics,
+    mean and interval ends), for a tracker's table."""
+    rows = []
+    for name, entry in report["methods"].items():
+        row: dict[str, Any] = {"method": name}
+        for metric, value in entry.get("aggregate", {}).items():
+            if isinstance(value, dict) and "mean" in value:
+                row[metric] = value["mean"]
+                lo, hi = value.get("ci95", (None, None))
+                row[f"{metric}_lo"], row[f"{metric}_hi"] = lo, hi
+        rows.append(row)
+    return rows
