@@ -140,7 +140,11 @@ _NUMBER_WORD = rf"\\?\$?[+{_MINUS}]?\d[\d.,]*"
 _ALTERNATIVE_BEFORE_RE = re.compile(
     rf"(?<![\w.]){_NUMBER_WORD}[ \t]*,?[ \t]+or[ \t]+$", re.IGNORECASE
 )
-_ALTERNATIVE_AFTER_RE = re.compile(rf"[ \t]*,?[ \t]+or[ \t]+{_NUMBER_WORD}(?![\w.])", re.IGNORECASE)
+# Runs of spaces are bounded where quantifiers meet (here and below), so a long run costs
+# constant, not polynomial, backtracking (a fuzzed reply of spaces hung on the unbounded form).
+_ALTERNATIVE_AFTER_RE = re.compile(
+    rf"[ \t]{{0,16}},?[ \t]{{1,16}}or[ \t]+{_NUMBER_WORD}(?![\w.])", re.IGNORECASE
+)
 _ARITHMETIC = "+-*/^\u00d7\u00f7\u00b7\u22c5\u2212"
 _LATEX_WORD_RE = re.compile(r"\\(?:text|textrm|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
 # Unit words after a number: letters (2+ to a word: "5 m" may be a variable), "/", "^2".
@@ -165,10 +169,13 @@ _PHRASE_RE = re.compile(
 # answer is a bit..." is not option A).
 _LETTER = (
     r"(?:\(\s*([A-Ja-j])\s*\)|\[\s*([A-Ja-j])\s*\]|([A-J])(?![A-Za-z0-9])"
-    r"|([a-j])(?=[ \t]*[.)]?[ \t*_]*(?:\n|$)))"
+    r"|([a-j])(?=[ \t]*(?:[.)*_][ \t*_]*)?(?:\n|$)))"
 )
+# Every whitespace run is read by one quantifier only (each optional part starts with its
+# own `\s*` and must end on a non-space), so a long run of spaces after "answer" costs
+# linear time, not the polynomial backtracking of adjacent `\s*`s.
 _CHOICE_PHRASE_RE = re.compile(
-    rf"(?i:answer|option|choice)(?:\s+(?i:is))?\s*(?:[:=]|(?i:is))?\s*[*_]*\s*"
+    rf"(?i:answer|option|choice)(?:\s+(?i:is))?(?:\s*(?:[:=]|(?i:is)))?(?:\s*[*_]+)?\s*"
     rf"(?:(?i:option|choice)\s+)?{_LETTER}"
 )
 # A line that is only an option: "(B)", "B.", "**B**", "B) 42".
@@ -178,10 +185,13 @@ _CHOICE_LINE_RE = re.compile(
 )
 # The completion's last line as a lone letter of either case: "b", "(b)", "b.", "**b**"
 # (the last resort: a lower-case letter is read nowhere else outside a phrase or brackets).
-_LAST_LINE_LETTER_RE = re.compile(r"^[ \t*_>]*\(?([A-Ja-j])[.)]?[ \t*_]*\s*\Z", re.MULTILINE)
+_LAST_LINE_LETTER_RE = re.compile(
+    r"^[ \t*_>]*\(?([A-Ja-j])[.)]?[ \t*_]*(?:[^\S \t]\s*)?\Z", re.MULTILINE
+)
 # "A or B" after a choice letter: the model did not choose.
 _CHOICE_ALTERNATIVE_RE = re.compile(
-    r"[ \t*_]*[).\]]?[ \t*_]*,?[ \t]+or[ \t]+(?:[(\[][ \t]*[A-Ja-j][ \t]*[)\]]|[A-J]\b)"
+    r"[ \t*_]{0,16}[).\]]?[ \t*_]{0,16},?[ \t]{1,16}or[ \t]+"
+    r"(?:[(\[][ \t]*[A-Ja-j][ \t]*[)\]]|[A-J]\b)"
 )
 _CODE_BLOCK_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _OPERATOR_RE = re.compile(
