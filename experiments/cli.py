@@ -251,16 +251,15 @@ def train(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------- eval
 def load_policy(path: str) -> Any:
-    """A trained policy from `path`: a MetaPolicy checkpoint (.pt) or an SB3 model (.zip)."""
-    if not Path(path).is_file():
-        raise ValueError(f"no policy file at {path}: train one with `deliberate train --out DIR`")
-    if path.endswith(".zip"):
-        from algorithms.sb3 import SB3Policy
+    """A trained policy from `path`, as `algorithms.checkpoint.load_policy` reads it (a
+    policy file, a checkpoint, a run folder, an SB3 zip, a topology method's policy.json);
+    a missing file is a one-line CLI error."""
+    from algorithms.checkpoint import load_policy as load
 
-        return SB3Policy.load(path)
-    from algorithms.policy import MetaPolicy
-
-    return MetaPolicy.load(path)
+    try:
+        return load(path)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from None
 
 
 @dataclass

@@ -246,3 +246,13 @@ def test_a_registered_command_is_dispatched(monkeypatch):
     assert seen == [["--suite", "x"]]  # the arguments after the command's name
     monkeypatch.setitem(cli.COMMANDS, "json", cli.Command("json", "lazy", "json:dumps"))
     assert cli.COMMANDS["json"].entry() is json.dumps
+
+
+def test_eval_reads_a_run_folder(tmp_path: Path, capsys) -> None:
+    """`deliberate eval --policy DIR` takes the folder `deliberate train --out DIR` wrote."""
+    assert main(["train", "--algo", "softrankpo", "--steps", "1", "--profile", "toy",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", "--policy", str(tmp_path), "--seeds", "0", "--episodes", "20",
+                 "--profile", "toy"]) == 0  # fmt: skip
+    assert "| team accuracy |" in capsys.readouterr().out
