@@ -18,6 +18,7 @@ Timesteps are SB3's: one per agent per round (agent-steps), as ``agent_steps`` e
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -250,8 +251,15 @@ class SB3Policy:
         self.model = model
 
     @classmethod
-    def load(cls, path: str | Path) -> SB3Policy:
+    def load(cls, path: str | Path | io.BytesIO) -> SB3Policy:
         return cls(PPO.load(path, device="cpu"))
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        """Pickled as SB3's own saved model (the model holds its training env, which does
+        not pickle), so a policy trained in a worker process comes back whole."""
+        buffer = io.BytesIO()
+        self.model.save(buffer)
+        return _sb3_policy_from_bytes, (buffer.getvalue(),)
 
     def act(
         self, obs: np.ndarray, action_mask: np.ndarray, deterministic: bool = False
@@ -262,3 +270,7 @@ class SB3Policy:
         actions = np.asarray(actions, np.int64).reshape(B, N)
         allowed = np.take_along_axis(np.asarray(action_mask), actions[..., None], -1)[..., 0]
         return np.where(allowed > 0, actions, int(Action.PERSIST))
+
+
+def _sb3_policy_from_bytes(data: bytes) -> SB3Policy:
+    return SB3Policy.load(io.BytesIO(data))

@@ -327,6 +327,9 @@ class CompareArgs:
     """Also log to TensorBoard or Weights & Biases: each training run (OUT/METHOD/...), and
     the config and results table (OUT/tensorboard, or a W&B run "compare"); pip install
     'deliberation-env[track]'."""
+    workers: int = 0
+    """Methods trained at once, each in its own process (0: one per CPU core; 1: one after
+    another in this process). The results do not depend on it."""
 
 
 @command("compare", "train every method, evaluate all protocols, print the table")
@@ -336,6 +339,7 @@ def compare_(argv: list[str]) -> int:
 
     args = parse(CompareArgs, argv, "deliberate compare", CompareArgs.__doc__ or "")
     check_positive("--seed", args.seed, 0)
+    check_positive("--workers", args.workers, 0)
     for method in args.methods or ():
         if method not in ALGORITHMS:
             raise ValueError(f"--methods {method}: unknown; registered: {', '.join(ALGORITHMS)}")
@@ -345,6 +349,7 @@ def compare_(argv: list[str]) -> int:
     results = run_compare(
         budget=args.budget, out=args.out, profile=args.profile, tasks=args.tasks, seed=args.seed,
         methods=tuple(args.methods) if args.methods else None, track=args.track,
+        workers=args.workers,
     )  # fmt: skip
     print_results(results)
     print(f"\nwritten: {args.out}/results.json, results.md and plots")

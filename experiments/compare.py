@@ -7,11 +7,14 @@ questions over several seeds, and write the table, the JSON and the plots.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import multiprocessing
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,7 +22,7 @@ from algorithms.common import TRAIN_TASKS, TrainConfig, check_env, split_tasks
 from algorithms.evaluate import evaluate
 from algorithms.heuristics import applicable_protocols, make_protocol
 from algorithms.policy import Policy
-from algorithms.registry import get_algorithm
+from algorithms.registry import ALGORITHMS, Algorithm, get_algorithm
 from algorithms.tracking import log_results, make_tracker, tracked_train
 from deliberation_env import EnvConfig
 from deliberation_env.config import DEFAULT_PROFILE
@@ -108,18 +111,24 @@ def compare(
     return results
 
 
+TrainResult = tuple[list[Policy], list[dict[str, Any]], float]
+"""A method's policies (one per training seed), first seed's history, and seconds."""
+
+
 def _train(
-    name: str,
+    algorithm: Algorithm,
     budget: Budget,
     env: EnvConfig,
     out: Path,
     seeds: Sequence[int],
     progress: bool,
     track: str | None = None,
-) -> tuple[list[Policy], list[dict[str, Any]], float]:
-    """Method `name` once per training seed: (policies, first seed's history, seconds);
+) -> TrainResult:
+    """`algorithm` once per training seed: (policies, first seed's history, seconds);
     `track`: each run logs to its own tracker in its folder (`algorithms.tracking`)."""
-    _, train = get_algorithm(name).load()
+    _, train = algorithm.load()
+    name = algorithm.name
+    ALGORITHMS.setdefault(name, algorithm)  # a worker process: the caller's registry entry
     policies, histories = [], []
     start = time.perf_counter()
     for seed in seeds:
@@ -134,6 +143,36 @@ def _train(
     return policies, histories[0], time.perf_counter() - start
 
 
+def _train_all(
+    methods: Sequence[str],
+    budget: Budget,
+    env: EnvConfig,
+    out: Path,
+    seeds: Sequence[int],
+    progress: bool,
+    track: str | None,
+    workers: int,
+) -> Iterator[tuple[str, TrainResult]]:
+    """`_train` of each method, in this process when `workers` is 1, else on a pool of
+    `workers` spawned processes (no forked torch state; no progress bars), yielded as each
+    ends. The trainers seed themselves, so a method learns the same policy either way. A
+    worker gets the method's registry entry, so a method the caller registered trains
+    there too (its module must import in a fresh process)."""
+    algorithms = [get_algorithm(m) for m in methods]
+    if workers <= 1 or len(algorithms) <= 1:
+        for algorithm in algorithms:
+            yield algorithm.name, _train(algorithm, budget, env, out, seeds, progress, track)
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = {
+            pool.submit(_train, a, budget, env, out, seeds, False, track): a.name
+            for a in algorithms
+        }
+        for future in concurrent.futures.as_completed(futures):
+            yield futures[future], future.result()
+
+
 def run_compare(
     budget: str | Budget = DEFAULT_BUDGET,
     out: str | Path = "runs/compare",
@@ -143,6 +182,7 @@ def run_compare(
     methods: Sequence[str] | None = None,
     progress: bool = True,
     track: str | None = None,
+    workers: int = 1,
     *,
     preset: str | None = None,
 ) -> dict[str, Any]:
@@ -153,7 +193,9 @@ def run_compare(
     questions of those tasks. The learned methods train with seeds ``seed + s`` for each
     `s` in ``budget.train_seeds``; `seed` also seeds the `random` protocol. `track`
     (``tensorboard`` or ``wandb``, `algorithms.tracking`) logs every training run in its
-    own folder and the results table (text and scalars per method) in `out`.
+    own folder and the results table (text and scalars per method) in `out`. `workers`
+    trains that many methods at once in spawned processes (0: one per CPU core); the
+    results are the same as with 1, which trains them one after another in this process.
     """
     name = preset if preset is not None else budget
     b = get_budget(name)
@@ -164,21 +206,24 @@ def run_compare(
     curves: dict[str, list[dict[str, float]]] = {}
     timings: dict[str, float] = {}
     train_seeds = [seed + s for s in b.train_seeds]
-    for method in methods or METHODS:
-        trained, history, timings[method] = _train(
-            method, b, env, out, train_seeds, progress, track
-        )
+    names = list(methods or METHODS)
+    workers = min(workers or os.cpu_count() or 1, len(names))
+    trained_by: dict[str, TrainResult] = {}
+    for method, result in _train_all(names, b, env, out, train_seeds, progress, track, workers):
+        trained_by[method] = result
+        if progress:
+            print(f"trained {method} in {result[2]:.0f} s")
+    for method in names:  # the caller's order, whatever order they finished in
+        trained, history, timings[method] = trained_by[method]
         policies[method] = trained if len(trained) > 1 else trained[0]
         if history and "agent_steps" in history[0]:
             curves[method] = learning_curve(history)
-        if progress:
-            print(f"trained {method} in {timings[method]:.0f} s")
     for p in applicable_protocols(env):  # verifier_threshold only with a verifier
         policies[p] = make_protocol(p, seed=seed) if p == "random" else make_protocol(p)
     config = {
         "budget": name if isinstance(name, str) else "custom",
         **dataclasses.asdict(b),
-        "methods": list(methods or METHODS),
+        "methods": names,
         "profile": profile,
         "tasks": tasks,
         "seed": seed,

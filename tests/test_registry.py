@@ -98,6 +98,29 @@ def test_registered_algorithm_appears_in_run_compare(registry, tmp_path: Path) -
     assert (tmp_path / "rloo_test" / "policy.pt").exists()
 
 
+def test_run_compare_trains_on_workers_as_in_process(registry, tmp_path: Path) -> None:
+    """Methods trained at once in spawned processes (the caller's own registered method
+    among them) give the very results of training them one after another here."""
+    runs = {
+        workers: run_compare(
+            budget=TINY,
+            out=tmp_path / f"w{workers}",
+            profile="toy",
+            tasks="arithmetic:200",
+            methods=("rloo_test", "grpo", "sb3_ppo"),
+            progress=False,
+            workers=workers,
+        )  # fmt: skip
+        for workers in (1, 2)
+    }
+    serial, pooled = runs[1]["methods"], runs[2]["methods"]
+    assert list(pooled) == list(serial)  # the caller's order, not the finishing order
+    for name in ("rloo_test", "grpo", "sb3_ppo"):
+        for key in ("team_accuracy", "tokens_per_question", "action_shares"):
+            assert pooled[name][key] == serial[name][key], (name, key)
+    assert (tmp_path / "w2" / "sb3_ppo" / "policy.zip").exists()
+
+
 def test_registered_algorithm_in_train_help(registry, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--algo", "rloo_test", "--help"])
