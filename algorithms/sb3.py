@@ -13,6 +13,12 @@ with two gaps of SuperSuit 3.11 handled here:
   in any case, which is harmless here: the only masked action, CONCEDE when no peer has a
   parsed answer, plays as PERSIST. `SB3Policy.act` still maps masked picks to PERSIST.
 
+That path steps each deliberation env through the PettingZoo API, one at a time.
+`BatchedVecEnv` is the fast one, and the default of `SB3Config.vec_env`: an SB3
+``VecEnv`` over one `VectorDeliberationEnv` (the batched core steps every env at once, as
+EnvPool's SB3 adapter does), with the same agent slots, seeding, episode ends and
+``terminal_observation`` SB3 expects, and the action masks through ``env_method``.
+
 Timesteps are SB3's: one per agent per round (agent-steps), as ``agent_steps`` elsewhere.
 """
 
@@ -24,15 +30,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import supersuit as ss
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnvWrapper
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import (
+    VecEnvIndices,
+    VecEnvObs,
+    VecEnvStepReturn,
+)
 from supersuit.vector.sb3_vector_wrapper import SB3VecEnvWrapper
 from tqdm.auto import tqdm
 
@@ -40,6 +50,7 @@ import deliberation_env
 from algorithms.common import TrainConfig, check_env, check_train_fields, split_tasks, train_env
 from algorithms.tracking import Tracker, log_row, start_run
 from deliberation_env import Action, EnvConfig
+from deliberation_env.vector import VectorDeliberationEnv
 
 
 class SeededVecEnv(VecEnvWrapper):
@@ -94,6 +105,93 @@ def make_vec_env(
     return venv
 
 
+class BatchedVecEnv(VecEnv):
+    """An SB3 ``VecEnv`` of ``num_envs * N`` agent slots over one `VectorDeliberationEnv`
+    of `num_envs` envs (slot ``b * N + i`` is agent i of env b, SuperSuit's order).
+
+    Seeding as `SeededVecEnv`: ``seed(s)`` makes the next ``reset()`` start env b with
+    seed ``s + b``, and later episodes follow from it (the vector env's autoreset), so a
+    seeded run is reproducible. At an episode end every slot of the env is done, its
+    ``infos`` hold ``terminal_observation`` (the last observation) and the episode's
+    ``team_correct``, and the observation returned is the next episode's first, as SB3
+    expects. ``env_method("action_masks")`` returns each slot's mask (sb3-contrib's
+    ``MaskablePPO`` reads it so); SB3's PPO ignores masks, and a masked pick plays as
+    PERSIST (`SB3Policy`)."""
+
+    def __init__(self, num_envs: int, config: EnvConfig | None = None) -> None:
+        self.vec = VectorDeliberationEnv(
+            num_envs, config=check_env(config or EnvConfig(), "BatchedVecEnv")
+        )
+        self.agents = self.vec.num_agents
+        self.render_mode = None  # read by VecEnv.__init__ through get_attr
+        super().__init__(
+            num_envs * self.agents, self.vec.single_observation_space, self.vec.single_action_space
+        )
+        self._seed: int | None = None
+        self._actions: np.ndarray | None = None
+        self._masks: np.ndarray | None = None
+
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
+        self._seed = None if seed is None else int(seed)
+        if seed is None:
+            return [None] * self.num_envs
+        return [int(seed) + k // self.agents for k in range(self.num_envs)]
+
+    def reset(self) -> VecEnvObs:
+        obs, infos = self.vec.reset(seed=self._seed)
+        self._seed = None
+        self._masks = infos["action_mask"]
+        self.reset_infos = [{} for _ in range(self.num_envs)]
+        return obs.reshape(self.num_envs, -1)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions).reshape(self.vec.num_envs, self.agents)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, terminated, truncated, info = self.vec.step(self._actions)
+        self._masks = info["action_mask"]
+        ended = terminated | truncated
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        for b in np.flatnonzero(ended):
+            for i in range(self.agents):
+                infos[b * self.agents + i] = {
+                    "terminal_observation": info["final_obs"][b, i],
+                    "TimeLimit.truncated": bool(truncated[b] and not terminated[b]),
+                    "team_correct": bool(info["team_correct"][b]),
+                }
+        dones = np.repeat(ended, self.agents)
+        return obs.reshape(self.num_envs, -1), rewards.reshape(-1), dones, infos
+
+    def close(self) -> None:
+        self.vec.close()
+
+    def _slots(self, indices: VecEnvIndices) -> list[int]:
+        return list(self._get_indices(indices))
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self, attr_name) for _ in self._slots(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        raise AttributeError(
+            f"BatchedVecEnv slots share one vector env: cannot set {attr_name!r} per slot"
+        )
+
+    def env_method(
+        self, method_name: str, *args: Any, indices: VecEnvIndices = None, **kwargs: Any
+    ) -> list[Any]:
+        if method_name != "action_masks":
+            raise AttributeError(
+                f"BatchedVecEnv has no per-slot method {method_name!r}; only 'action_masks'"
+            )
+        if self._masks is None:
+            raise RuntimeError("action_masks before reset(): call reset() first")
+        masks = self._masks.reshape(self.num_envs, -1).astype(bool)
+        return [masks[k] for k in self._slots(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._slots(indices)]
+
+
 @dataclass
 class SB3Config:
     """SB3 PPO on the deliberation env (the env and split of `TrainConfig` plus these)."""
@@ -104,6 +202,10 @@ class SB3Config:
     """Share of the env's questions held out for evaluation, as `TrainConfig.eval_fraction`."""
     num_envs: int = 8
     """Deliberation envs stepped together; SB3 sees ``num_envs * env.num_agents`` envs."""
+    vec_env: Literal["batched", "supersuit"] = "batched"
+    """How SB3 steps them: "batched", one `VectorDeliberationEnv` behind `BatchedVecEnv`
+    (fast); "supersuit", PettingZoo's documented path through SuperSuit (`make_vec_env`),
+    one ParallelEnv step per env. Both give the same run for a seed (tested)."""
     total_timesteps: int = 200_000
     """Training budget in agent-steps (SB3 timesteps)."""
     n_steps: int = 64
@@ -132,6 +234,8 @@ class SB3Config:
     def __post_init__(self) -> None:
         check_env(self.env, type(self).__name__)
         check_train_fields(self, SB3_BOUNDS)
+        if self.vec_env not in ("batched", "supersuit"):
+            raise ValueError(f"vec_env must be 'batched' or 'supersuit', got {self.vec_env!r}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(
                 f"gamma and gae_lambda must lie in [0, 1], got {self.gamma}, {self.gae_lambda}"
@@ -207,7 +311,12 @@ def train_sb3(
     cfg = cfg or SB3Config()
     torch.set_num_threads(cfg.torch_threads)
     train_tasks, _ = split_tasks(cfg)
-    env = make_vec_env(cfg.num_envs, config=replace(cfg.env, tasks=tuple(train_tasks)))
+    on = replace(cfg.env, tasks=tuple(train_tasks))
+    env: VecEnv = (
+        BatchedVecEnv(cfg.num_envs, on)
+        if cfg.vec_env == "batched"
+        else make_vec_env(cfg.num_envs, config=on)
+    )
     model = PPO(
         "MlpPolicy",
         env,

@@ -1,5 +1,6 @@
-"""Stable-Baselines3 PPO through SuperSuit: the seeding gap handled (a seeded run is
-reproducible), the learning curve recorded, and the model usable as a `Policy`."""
+"""Stable-Baselines3 PPO, through SuperSuit and through `BatchedVecEnv`: the seeding gap
+handled (a seeded run is reproducible), both paths the same run, the learning curve
+recorded, and the model usable as a `Policy`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from algorithms.common import TRAIN_TASKS, split_tasks
 from algorithms.evaluate import evaluate
 from algorithms.heuristics import make_protocol
-from algorithms.sb3 import SB3Config, SB3Policy, make_vec_env, train_sb3
+from algorithms.sb3 import BatchedVecEnv, SB3Config, SB3Policy, make_vec_env, train_sb3
 from deliberation_env import EnvConfig
 from deliberation_env.observation import ObservationLayout
 
@@ -18,11 +19,12 @@ TOY = EnvConfig(profile="toy", tasks=TRAIN_TASKS)
 """The trainers' default env on the `toy` profile."""
 
 
-def small(seed: int = 0) -> SB3Config:
+def small(seed: int = 0, vec_env: str = "batched") -> SB3Config:
     # 4 envs x 3 agents x 32 rounds = 384 agent-steps per rollout, 8 rollouts.
     return SB3Config(
-        env=TOY, num_envs=4, n_steps=32, batch_size=128, total_timesteps=3000, seed=seed
-    )
+        env=TOY, num_envs=4, n_steps=32, batch_size=128, total_timesteps=3000, seed=seed,
+        vec_env=vec_env,  # type: ignore[arg-type]
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,49 @@ def test_make_vec_env_is_seeded():
     assert first.shape == (5, 2 * 3, ObservationLayout(4).size)
     np.testing.assert_array_equal(first, trajectory(7))
     assert not np.array_equal(first, trajectory(8))
+
+
+def test_batched_vec_env_steps_as_supersuits():
+    """Slot b * N + i is agent i of env b in both; episode ends, terminal observations and
+    the next episode's first observation agree step for step."""
+    config = EnvConfig(profile="toy")
+    batched, supersuit = BatchedVecEnv(3, config), make_vec_env(3, config=config)
+    for env in (batched, supersuit):
+        env.seed(11)
+    np.testing.assert_array_equal(batched.reset(), supersuit.reset())
+    rng = np.random.default_rng(0)
+    ended = 0
+    for _ in range(7):  # two episode ends (3 rounds each) and a step beyond
+        actions = rng.integers(0, 2, batched.num_envs)  # PERSIST / REFINE: never masked
+        out = []
+        for env in (batched, supersuit):
+            env.step_async(actions)
+            out.append(env.step_wait())
+        (obs_a, rew_a, done_a, info_a), (obs_b, rew_b, done_b, info_b) = out
+        np.testing.assert_array_equal(obs_a, obs_b)
+        np.testing.assert_allclose(rew_a, rew_b)
+        np.testing.assert_array_equal(done_a, done_b)
+        for k in np.flatnonzero(done_a):
+            ended += 1
+            np.testing.assert_array_equal(
+                info_a[k]["terminal_observation"], info_b[k]["terminal_observation"]
+            )
+            assert info_a[k]["team_correct"] == info_b[k]["team_correct"]
+    assert ended == 2 * batched.num_envs
+    masks = batched.env_method("action_masks")
+    assert len(masks) == 9 and all(m.shape == (3,) and m.dtype == bool for m in masks)
+    with pytest.raises(AttributeError, match="only 'action_masks'"):
+        batched.env_method("render")
+    batched.close()
+    supersuit.close()
+
+
+def test_both_vec_envs_train_the_same_run(two_runs):
+    (_, h1), _ = two_runs
+    policy, h = train_sb3(small(seed=3, vec_env="supersuit"), progress=False)
+    assert h == h1
+    with pytest.raises(ValueError, match="vec_env must be 'batched' or 'supersuit'"):
+        small(vec_env="gym")
 
 
 def test_seeded_training_is_deterministic(two_runs):
