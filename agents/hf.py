@@ -44,6 +44,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from agents import hf_generation
@@ -74,6 +76,10 @@ _CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"
 """Model config fields that hold the context size, in the order they are read."""
 _NO_LIMIT = 10**8
 """A tokenizer ``model_max_length`` at or above this is transformers' "unset" sentinel."""
+
+
+# transformers 4.56 renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns).
+_DTYPE_KWARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
 def _offline() -> bool:
@@ -181,9 +187,10 @@ class HFBackend:
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
-                self.model_name, dtype=self._resolve_dtype(device), **kwargs
+                self.model_name, **{_DTYPE_KWARG: self._resolve_dtype(device)}, **kwargs
             )
-        except OSError as err:
+        # transformers 4.56-4.57 raise HFValidationError (a ValueError) for a missing folder.
+        except (OSError, ValueError) as err:
             hint = (
                 " (HF_HUB_OFFLINE is set: only local files are used; download the model "
                 "first or pass a local folder)"

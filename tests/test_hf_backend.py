@@ -7,6 +7,7 @@ whole episode through the env.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -217,15 +218,29 @@ def test_dtype_and_device_options(tiny_model_dir, prompts):  # noqa: F811
     assert full.model.dtype == torch.float32
 
 
+def assert_same_generations(got: list[Generation], want: list[Generation]) -> None:
+    """Same tokens; log-probs equal to float noise (two loads of the same weights can differ
+    in the last bit: at transformers 4.45 the reloaded copy's first log-prob is 5e-7 off)."""
+    assert [dataclasses.replace(g, token_logprobs=()) for g in got] == [
+        dataclasses.replace(g, token_logprobs=()) for g in want
+    ]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.token_logprobs, w.token_logprobs, rtol=0, atol=1e-5)
+
+
 def test_pickling_drops_the_weights_and_reloads_them(backend, prompts):
     blob = pickle.dumps(backend)
     assert len(blob) < 50_000
     copy = pickle.loads(blob)
     assert copy._model is None
-    assert copy.generate(prompts[:2], SEEDS[:2]) == backend.generate(prompts[:2], SEEDS[:2])
+    assert_same_generations(
+        copy.generate(prompts[:2], SEEDS[:2]), backend.generate(prompts[:2], SEEDS[:2])
+    )
     copy.close()
     assert copy._model is None
-    assert copy.generate(prompts[:1], SEEDS[:1]) == backend.generate(prompts[:1], SEEDS[:1])
+    assert_same_generations(
+        copy.generate(prompts[:1], SEEDS[:1]), backend.generate(prompts[:1], SEEDS[:1])
+    )
 
 
 def test_a_missing_model_fails_fast_offline(monkeypatch, tmp_path):

@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,8 @@ def wandb_records(path: Path) -> list[Any]:
         if length == 0 and kind == 0:  # block padding
             pos += left
             continue
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         part += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST
@@ -119,7 +122,15 @@ def wandb_run(where: Path, run_id: str) -> dict[str, Any]:
     files = sorted(where.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert files, list(where.rglob("*.wandb"))
     for file in files:
-        for r in wandb_records(file):
+        # W&B's service process writes the file behind `run.finish()`; on a loaded machine
+        # the last records (history, exit) can land a moment after it returns.
+        deadline = time.monotonic() + 60
+        records = wandb_records(file)
+        while not any(r.WhichOneof("record_type") == "exit" for r in records):
+            assert time.monotonic() < deadline, f"{file}: no exit record after 60 s"
+            time.sleep(0.2)
+            records = wandb_records(file)
+        for r in records:
             kind = r.WhichOneof("record_type")
             if kind == "history":
                 items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json)

@@ -89,6 +89,10 @@ def build_tiny_model(path: str | Path, vocab_size: int = 2048, seed: int = 0) ->
         pad_token="<|pad|>",
         unk_token=UNK,
         additional_special_tokens=SPECIAL_TOKENS[3:],
+        # What transformers 5 does by default; 4.45 would also return token_type_ids (which
+        # Llama's generate rejects) and drop the spaces before punctuation when decoding.
+        model_input_names=["input_ids", "attention_mask"],
+        clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
