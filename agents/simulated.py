@@ -27,7 +27,7 @@ from agents.profiles import SimProfile, get_profile
 from deliberation_env import rng
 from deliberation_env.protocol import UNPARSED, BatchView, SolutionBatch
 from deliberation_env.tasks.task import CHOICE_LETTERS, Task
-from deliberation_env.voting import sum_small
+from deliberation_env.voting import argmax_small, max_small, sum_small
 
 _NUMERIC_OFFSETS = (1, -1, 2, 10, -2, 5, -10, 3, 100, -3, 4, -5, 20, -4, 6, 50, -20, 7, 8, 9)
 
@@ -45,9 +45,9 @@ def peer_majority(
     parsed = peer & (answers >= 0)
     same = (answers[:, :, None] == answers[:, None, :]) & parsed[:, None, :]
     holders = np.where(parsed, sum_small(same), 0)
-    top = np.argmax(holders, 1)
+    top = argmax_small(holders)
     answer = answers[np.arange(len(answers)), top]
-    has = (2 * holders.max(1, initial=0) > sum_small(peer, 1)) & (answer != own)
+    has = (2 * max_small(holders) > sum_small(peer, 1)) & (answer != own)  # holders >= 0
     return answer, has
 
 
@@ -74,6 +74,10 @@ class SimulatedBackend:
         self.observation_groups = frozenset(() if p.verifier_auroc is None else ("verifier",))
         weights = p.distractor_decay ** np.arange(p.distractors)
         self._distractor_cdf = np.cumsum(weights) / weights.sum()
+        # `_finish`'s constants, computed once; NumPy float64 scalars, as they were computed
+        # per call (a Python float would let `base + z` stay float32, changing the draws).
+        self._base = np.float64(logit(np.clip(p.accuracy, 0.05, 0.95)))
+        self._self_logit = np.float64(logit(p.self_mean))
         self.tasks: list[Task] = []
 
     def __repr__(self) -> str:
@@ -139,8 +143,8 @@ class SimulatedBackend:
         wrong = peer & ~C & (A >= 0)
         same = (A[:, :, None] == A[:, None, :]) & wrong[:, None, :]
         holders = np.where(wrong, sum_small(same), 0)
-        modal = A[rows, np.argmax(holders, 1)]
-        modal_share = holders.max(1) / n_peers
+        modal = A[rows, argmax_small(holders)]
+        modal_share = max_small(holders) / n_peers
         if p.refine_model == "v1":
             answer, correct, u_parse, kept = self._refine_v1(
                 view, A, peer, own_answer, own_correct, frac_right, modal, modal_share
@@ -284,22 +288,23 @@ class SimulatedBackend:
         if kept is not None:
             unparsed &= ~kept
         answer = np.where(unparsed, UNPARSED, answer).astype(np.int32)
-        z = rng.normal(rng.derive(view.keys, 7), 6)
+        z = rng.normal(rng.derive(view.keys, 7), 6).T  # z[k]: the k-th draw of every request
         c = correct.astype(np.float64)
-        base = logit(np.clip(p.accuracy, 0.05, 0.95))
-        self_conf = expit(logit(p.self_mean) + 0.6 * (z[:, 0] + self._d_self * (c - 0.5)))
-        judge = expit(base + z[:, 1] + self._d_judge * (c - p.accuracy))
-        logprob = expit(base + 0.5 + 1.5 * (z[:, 2] + self._d_lp * (c - p.accuracy)))
+        c_acc = c - p.accuracy
+        base = self._base
+        self_conf = expit(self._self_logit + 0.6 * (z[0] + self._d_self * (c - 0.5)))
+        judge = expit(base + z[1] + self._d_judge * c_acc)
+        logprob = expit(base + 0.5 + 1.5 * (z[2] + self._d_lp * c_acc))
         longer = np.where(correct, 1.0, p.wrong_length_factor)
-        steps = np.maximum(1.0, np.round(p.steps * longer * np.exp(0.35 * z[:, 3] - 0.06)))
-        operators = np.maximum(1.0, np.round(steps * p.operators_per_step * np.exp(0.2 * z[:, 4])))
+        steps = np.maximum(1.0, np.round(p.steps * longer * np.exp(0.35 * z[3] - 0.06)))
+        operators = np.maximum(1.0, np.round(steps * p.operators_per_step * np.exp(0.2 * z[4])))
         sigma = p.token_sigma
-        completion = p.completion_tokens * longer * np.exp(sigma * z[:, 5] - sigma**2 / 2)
+        completion = p.completion_tokens * longer * np.exp(sigma * z[5] - sigma**2 / 2)
         verifier = None
         if self._d_verifier is not None:
             # Its own stream (tag 8): the other draws are those of the profile without one.
             zv = rng.normal(rng.derive(view.keys, 8), 1)[:, 0]
-            verifier = expit(base + zv + self._d_verifier * (c - p.accuracy)).astype(np.float32)
+            verifier = expit(base + zv + self._d_verifier * c_acc).astype(np.float32)
         return SolutionBatch(
             answer=answer,
             correct=correct,

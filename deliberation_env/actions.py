@@ -32,6 +32,11 @@ def validate_actions(
 
     Raises a `ValueError` naming the culprit and the valid range.
     """
+    if type(actions) is dict and len(actions) == len(agents):
+        # The common case, checked in one pass: every agent's action a plain int in range.
+        values = [actions.get(a) for a in agents]
+        if all(type(v) is int and 0 <= v < NUM_ACTIONS for v in values):
+            return np.array(values, np.int64)
     if not isinstance(actions, Mapping):
         raise ValueError(
             f"actions must be a dict {{agent: action}} for agents {list(agents)}, "

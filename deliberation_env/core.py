@@ -20,6 +20,8 @@ from deliberation_env.observation import (
     agent_features,
     backend_groups,
     build_observations,
+    new_observations,
+    own_feature_rows,
 )
 from deliberation_env.protocol import BatchBackend, BatchView, Solution, SolutionBatch
 from deliberation_env.rewards import consensus_terms, terminal_terms, token_cost_term
@@ -28,6 +30,11 @@ from deliberation_env.tasks.task import Task
 
 # Tags that separate the random streams of one episode key.
 _EPISODE, _INIT, _TASK, _SOLVE, _REFINE, _TIE = range(1, 7)
+_PERSIST, _REFINE_ACTION, _CONCEDE = (int(a) for a in Action)  # an Enum lookup is slow
+_WRITTEN = tuple(
+    f.name for f in fields(SolutionBatch) if f.name not in ("prompt_tokens", "completion_tokens")
+)
+"""The `SolutionBatch` fields `DeliberationCore._write` stores as they are."""
 
 
 @dataclass
@@ -85,6 +92,8 @@ class DeliberationCore:
         self._backend: BatchBackend | None = None
         self.tasks: list[Task] = []
         self._arange = np.arange(config.num_agents)
+        self._rows = np.arange(num_envs)
+        self._eye = np.eye(config.num_agents, dtype=bool)
         self._action_ids = np.arange(NUM_ACTIONS)
         self.round_tokens: np.ndarray = np.zeros((num_envs, config.num_agents), np.int64)
         """Tokens each agent spent in the last reset or step ``[B, N]``."""
@@ -177,14 +186,14 @@ class DeliberationCore:
         """
         s, cfg = self.state, self.config
         if active is not None:
-            actions = np.where(active[:, None], actions, int(Action.PERSIST))
+            actions = np.where(active[:, None], actions, _PERSIST)
         correct_before = s.correct.copy()
         answer_before = s.answer.copy()
         tokens = np.zeros(actions.shape, np.int64)
 
         # CONCEDE reads the pre-round state, so gather before REFINE writes anything.
         concede = self._gather_concessions(actions, tokens)
-        self._refine(actions == Action.REFINE, tokens)
+        self._refine(actions == _REFINE_ACTION, tokens)
         if concede is not None:
             (cb, ca), conceded = concede
             for f, values in conceded.items():
@@ -208,12 +217,12 @@ class DeliberationCore:
     ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]] | None:
         """The (envs, agents) that really concede and the solution fields they copy, read
         from the pre-round state; their bookkeeping tokens go into `tokens`."""
-        concede = actions == Action.CONCEDE
+        concede = actions == _CONCEDE
         if not concede.any():
             return None
         same = self._same
         target = self._concede_targets(same)
-        rows = np.arange(self.num_envs)[:, None]
+        rows = self._rows[:, None]
         # Conceding to a peer that already shares my answer changes nothing (= PERSIST).
         concede &= (target >= 0) & ~same[rows, self._arange[None, :], np.maximum(target, 0)]
         if not concede.any():
@@ -304,7 +313,7 @@ class DeliberationCore:
         last round's graph once an episode has ended); the diagonal is True."""
         s = self.state
         r = np.minimum(s.round, self.config.max_rounds - 1)
-        return s.graph[np.arange(self.num_envs), r]
+        return s.graph[self._rows, r]
 
     # ------------------------------------------------------------------ counterfactuals
     def spawn(self, num_envs: int) -> DeliberationCore:
@@ -326,7 +335,8 @@ class DeliberationCore:
     # ------------------------------------------------------------------ views' helpers
     def observations(self) -> np.ndarray:
         """Flat observations ``[B, N, layout.size]`` of the current state."""
-        s = self.state
+        s, layout = self.state, self.layout
+        obs = new_observations(layout, self.num_envs, self.num_agents)
         feats = agent_features(
             s.self_confidence,
             s.judge_confidence,
@@ -337,7 +347,8 @@ class DeliberationCore:
             s.changed,
             s.last_action,
             s.verifier_score,
-            self.layout.groups,
+            layout.groups,
+            out=own_feature_rows(layout, obs),  # written in place: no copy
         )
         return build_observations(
             feats,
@@ -345,8 +356,9 @@ class DeliberationCore:
             self.in_plurality(),
             s.round / self.config.max_rounds,
             self.config.max_peers,
-            self.layout.groups,
-            self.visible() if "topology" in self.layout.groups else None,
+            layout.groups,
+            self.visible() if "topology" in layout.groups else None,
+            out=obs,
         )
 
     def action_masks(self) -> np.ndarray:
@@ -354,7 +366,7 @@ class DeliberationCore:
         masks = np.ones((self.num_envs, self.num_agents, NUM_ACTIONS), np.int8)
         parsed = self.state.answer >= 0
         peers_parsed = voting.sum_small(parsed, 1)[:, None] - parsed
-        masks[..., Action.CONCEDE] = peers_parsed > 0
+        masks[..., _CONCEDE] = peers_parsed > 0
         return masks
 
     def global_state(self, obs: np.ndarray) -> np.ndarray:
@@ -398,13 +410,11 @@ class DeliberationCore:
     # ------------------------------------------------------------------ internals
     def _write(self, batch: SolutionBatch, b: np.ndarray, a: np.ndarray) -> None:
         s = self.state
-        for f in fields(SolutionBatch):
-            if f.name in ("prompt_tokens", "completion_tokens"):
-                continue
-            value = getattr(batch, f.name)
-            if value is None and f.name == "verifier_score":
+        for name in _WRITTEN:
+            value = getattr(batch, name)
+            if value is None and name == "verifier_score":
                 value = np.nan  # a backend without a verifier
-            getattr(s, f.name)[b, a] = value
+            getattr(s, name)[b, a] = value
         s.length[b, a] = batch.completion_tokens
 
     def _noise(self) -> np.ndarray | None:
@@ -425,7 +435,7 @@ class DeliberationCore:
         s = self.state
         conf = s.self_confidence.astype(np.float64)
         parsed = s.answer >= 0
-        eye = np.eye(self.num_agents, dtype=bool)
+        eye = self._eye
         if self.config.concede_rule == "plurality":
             # Holders of j's answer among i's peers; the most confident holder breaks ties.
             count = voting.sum_small(same)[:, None, :] - same.transpose(0, 2, 1)
@@ -437,5 +447,5 @@ class DeliberationCore:
             score = np.broadcast_to(conf[:, None, :], same.shape).copy()
         valid = parsed[:, None, :] & ~eye
         score = np.where(valid, score, -np.inf)
-        target = np.argmax(score, axis=-1)
-        return np.where(valid.any(-1), target, -1)
+        target = voting.argmax_small(score)
+        return np.where(voting.max_small(valid), target, -1)

@@ -382,11 +382,12 @@ class DeliberationEnv(ParallelEnv):
         self.set_topology((options or {}).get("topology", self.config.topology))
         self.core.reset(key, init, task_index=task_index)
         self.agents = self.possible_agents[:]
-        obs = self._observe()
+        masks = self.core.action_masks()[0]
+        obs = self._observe(masks)
         if self.info_mode == "numeric":
-            infos = self._numeric_infos(self.core.round_tokens[0], None, False)
+            infos = self._numeric_infos(self.core.round_tokens[0], None, False, masks)
         else:
-            infos = self._infos(tokens=self.core.round_tokens[0])
+            infos = self._infos(self.core.round_tokens[0], masks)
         if self.render_mode is not None:
             self._transcript = self._header() + [
                 self._round_line(0, None, self._infos(tokens=self.core.round_tokens[0]))
@@ -403,21 +404,23 @@ class DeliberationEnv(ParallelEnv):
             )
         arr = validate_actions(actions, self.agents)
         result = self.core.step(arr[None, :])
-        obs = self._observe()
+        masks = self.core.action_masks()[0]
+        obs = self._observe(masks)
         done = bool(result.done[0])
-        rewards = {a: float(result.rewards[0, i]) for i, a in enumerate(self.agents)}
+        rewards = dict(zip(self.agents, result.rewards[0].tolist()))
         terminations = dict.fromkeys(self.agents, done)
         truncations = dict.fromkeys(self.agents, False)
         if self.info_mode == "numeric":
-            numeric = self._numeric_infos(result.tokens[0], result.terms, done)
+            numeric = self._numeric_infos(result.tokens[0], result.terms, done, masks)
             if self.render_mode is not None:
                 self._render_numeric(arr, result, done)
             if done:
                 self.agents = []
             return obs, rewards, terminations, truncations, numeric
-        infos = self._infos(tokens=result.tokens[0])
+        infos = self._infos(result.tokens[0], masks)
+        terms = {k: v[0].tolist() for k, v in result.terms.items()}
         for i, agent in enumerate(self.agents):
-            infos[agent]["reward_terms"] = {k: float(v[0, i]) for k, v in result.terms.items()}
+            infos[agent]["reward_terms"] = {k: v[i] for k, v in terms.items()}
         new_lines = []
         if self.render_mode is not None:
             new_lines.append(self._round_line(int(self.core.state.round[0]), arr, infos))
@@ -491,33 +494,51 @@ class DeliberationEnv(ParallelEnv):
         return dict(zip(self.possible_agents, self.core.solutions(0)))
 
     # ------------------------------------------------------------------ edge helpers
-    def _observe(self) -> dict[str, Any]:
+    def _observe(self, masks: np.ndarray) -> dict[str, Any]:
+        """Per-agent observations (views of one ``[N, size]`` array); `masks` ``[N, 3]``."""
         self._obs = self.core.observations()
         flat = self._obs[0]
         if self.obs_mode == "flat":
-            return {a: flat[i] for i, a in enumerate(self.possible_agents)}
-        masks = self.core.action_masks()[0]
+            return dict(zip(self.possible_agents, flat))
         return {
             a: {"observation": flat[i], "action_mask": masks[i]}
             for i, a in enumerate(self.possible_agents)
         }
 
-    def _infos(self, tokens: np.ndarray) -> dict[str, dict[str, Any]]:
-        s, core = self.core.state, self.core
-        masks = core.action_masks()[0]
+    def _infos(
+        self, tokens: np.ndarray, masks: np.ndarray | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Python infos of every agent; `masks` ``[N, 3]`` (the core's, when None)."""
+        s = self.core.state
+        if masks is None:
+            masks = self.core.action_masks()[0]
+        backend, task = self.core.backend, int(s.task_index[0])
+        # One conversion per array (`tolist`), not one NumPy scalar per agent.
+        rows = zip(
+            self.possible_agents,
+            masks,
+            s.answer[0].tolist(),
+            s.correct[0].tolist(),
+            s.self_confidence[0].tolist(),
+            tokens.tolist(),
+        )
         return {
             a: {
-                "action_mask": masks[i],
-                "answer": core.answer_text(0, i),
-                "correct": bool(s.correct[0, i]),
-                "self_confidence": float(s.self_confidence[0, i]),
-                "tokens": int(tokens[i]),
+                "action_mask": mask,
+                "answer": backend.answer_text(task, answer),
+                "correct": correct,
+                "self_confidence": confidence,
+                "tokens": spent,
             }
-            for i, a in enumerate(self.possible_agents)
+            for a, mask, answer, correct, confidence, spent in rows
         }
 
     def _numeric_infos(
-        self, tokens: np.ndarray, terms: Mapping[str, np.ndarray] | None, final: bool
+        self,
+        tokens: np.ndarray,
+        terms: Mapping[str, np.ndarray] | None,
+        final: bool,
+        masks: np.ndarray,
     ) -> dict[str, dict[str, np.ndarray]]:
         """``info_mode="numeric"``: every value a 0-d or 1-d array, the same keys always."""
         s, core = self.core.state, self.core
@@ -531,7 +552,6 @@ class DeliberationEnv(ParallelEnv):
             "final": np.asarray(final, np.bool_),
         }
         names = REWARD_TERM_NAMES.get(self.config.reward) or tuple(terms or ())
-        masks = core.action_masks()[0]
         infos = {}
         for i, a in enumerate(self.possible_agents):
             info: dict[str, np.ndarray] = {}

@@ -390,7 +390,10 @@ class ObservationLayout:
                 for f in self.summary_features
                 if f.reduce == kind and f.of
             ]
-            out[kind] = ([s for s, _ in pairs], [q for _, q in pairs])
+            # Index arrays, built once: a list index is converted on every use.
+            out[kind] = tuple(np.array([pair[k] for pair in pairs], np.intp) for k in (0, 1))
+        out["visible"] = peer.get("visible", -1)
+        out["read_by"] = summary.get("read_by", -1)
         return out
 
 
@@ -424,10 +427,12 @@ def agent_features(
     last_action: np.ndarray,
     verifier_score: np.ndarray | None = None,
     groups: Iterable[str] = frozenset(),
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The `AGENT_FEATURES` rows of a layout with `groups` ``[F, B, N]`` (feature-major)
     from arrays ``[B, N]``; `verifier_score` (NaN where none) is read when the
-    ``"verifier"`` group is enabled."""
+    ``"verifier"`` group is enabled. `out` (float32 ``[F, B, N]``, e.g. the own rows of an
+    observation buffer: `own_feature_rows`) receives them instead of a new array."""
     layout = layout_of(0, frozenset(groups))
     has_lp = logprob_confidence == logprob_confidence  # not NaN
     values = {
@@ -447,7 +452,71 @@ def agent_features(
         if verifier_score is None:
             raise ValueError("the 'verifier' observation group needs verifier_score arrays")
         values["verifier_score"] = np.nan_to_num(verifier_score, nan=0.0)
-    return np.stack([values[f.name] for f in layout.agent_features], dtype=np.float32)
+    if out is None:
+        return np.stack([values[f.name] for f in layout.agent_features], dtype=np.float32)
+    for k, f in enumerate(layout.agent_features):
+        out[k] = values[f.name]
+    return out
+
+
+def new_observations(layout: ObservationLayout, B: int, N: int) -> np.ndarray:
+    """An uninitialised feature-major buffer ``[size, B, N]`` for `build_observations`."""
+    return np.empty((layout.size, B, N), dtype=np.float32)
+
+
+def own_feature_rows(layout: ObservationLayout, obs: np.ndarray) -> np.ndarray:
+    """The rows of a `new_observations` buffer that hold the observing agent's
+    `AGENT_FEATURES` (``[F, B, N]``, a view): `agent_features(..., out=)` writes them there
+    and `build_observations(..., out=obs)` then skips the copy."""
+    return obs[layout.own][layout._writes["own_agent"]]
+
+
+def _cyclic(out: np.ndarray, x: np.ndarray, p: int) -> None:
+    """``out[..., i] = x[..., (i + p) % N]`` (agent i's p-th peer) as two slice copies: a
+    gather with an index array on the last axis costs several times more."""
+    N = x.shape[-1]
+    out[..., : N - p] = x[..., p:]
+    out[..., N - p :] = x[..., :p]
+
+
+@functools.lru_cache(maxsize=16)
+def _agents(N: int) -> np.ndarray:
+    """``arange(N)``, built once (read-only)."""
+    rows = np.arange(N)
+    rows.flags.writeable = False
+    return rows
+
+
+@functools.lru_cache(maxsize=16)
+def _peer_columns(N: int) -> tuple[np.ndarray, ...]:
+    """Entry p (1 <= p < N): ``(arange(N) + p) % N``, every agent's p-th peer (read-only)."""
+    columns = tuple((_agents(N) + p) % N for p in range(N))
+    for c in columns:
+        c.flags.writeable = False
+    return columns
+
+
+_TAKE_FROM = 16
+"""From this many envs on `_peer_copy` gathers with `np.take` (a flat index per slot, built
+once per shape); below, two slice copies cost less."""
+
+
+@functools.lru_cache(maxsize=32)
+def _peer_index(B: int, N: int, p: int) -> np.ndarray:
+    """Flat indices into ``[B, N]``: entry ``b * N + i`` is ``b * N + (i + p) % N``."""
+    index = (np.arange(B)[:, None] * N + (np.arange(N) + p) % N).ravel()
+    index.flags.writeable = False
+    return index
+
+
+def _peer_copy(out: np.ndarray, feats: np.ndarray, p: int) -> None:
+    """``out[f, b, i] = feats[f, b, (i + p) % N]``: every agent's p-th peer's features."""
+    F, B, N = feats.shape
+    if B < _TAKE_FROM or not (out.flags.c_contiguous and feats.flags.c_contiguous):
+        _cyclic(out, feats, p)
+        return
+    flat = out.reshape(F, B * N)  # a view: `out` is contiguous
+    np.take(feats.reshape(F, B * N), _peer_index(B, N, p), axis=1, out=flat, mode="clip")
 
 
 def build_observations(
@@ -458,6 +527,7 @@ def build_observations(
     max_peers: int,
     groups: Iterable[str] = frozenset(),
     visible: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Flat observations ``[B, N, size]`` of ``ObservationLayout(max_peers, groups)``.
 
@@ -470,6 +540,8 @@ def build_observations(
         groups: the enabled optional feature groups (`GROUPS`).
         visible: ``[B, N, N]`` bool, agent i reads agent j in the next REFINE (the round's
             communication graph); read when the ``"topology"`` group is enabled.
+        out: a `new_observations` buffer to fill (allocated when None); when `feats` is its
+            `own_feature_rows` (written in place by `agent_features`) they are not copied.
 
     The result is a transposed view of a feature-major buffer: every feature is written
     contiguously (a C-order write would touch one cache line per value), and torch
@@ -489,7 +561,7 @@ def build_observations(
     topology = "topology" in layout.groups
     if topology and visible is None:
         raise ValueError("the 'topology' observation group needs the visible [B, N, N] graph")
-    obs = np.empty((layout.size, B, N), dtype=np.float32)
+    obs = new_observations(layout, B, N) if out is None else out
 
     own = obs[layout.own]
     sizes = same[..., 0].astype(np.float32)  # holders of my answer, me included
@@ -500,21 +572,22 @@ def build_observations(
     own[OWN["distinct"]] = (distinct.sum(-1) * (1.0 / N))[:, None]
     own[OWN["in_plurality"]] = in_plurality
     own[OWN["round"]] = round_frac[:, None]
-    own[writes["own_agent"]] = feats
+    if out is None or not np.may_share_memory(feats, out):
+        own[writes["own_agent"]] = feats
 
     # Loops run over peer slots (a handful), never over the batch.
     slots = obs[layout.peers].reshape(max_peers, layout.peer_size, B, N)
-    rows = np.arange(N)
-    visible_row = _positions(layout.peer_features).get("visible", -1)
+    rows = _agents(N)
+    visible_row = writes["visible"]
     for p in range(1, N):
-        j = (rows + p) % N  # agent i's p-th peer
+        peer_of = _peer_columns(N)[p]  # agent i's p-th peer
         slot = slots[p - 1]
         slot[PEER["present"]] = 1.0
-        slot[PEER["agrees"]] = same[:, rows, j]
-        slot[PEER["in_plurality"]] = in_plurality[:, j]
-        slot[writes["peer_agent"]] = feats[:, :, j]
+        slot[PEER["agrees"]] = same[:, rows, peer_of]
+        _cyclic(slot[PEER["in_plurality"]], in_plurality, p)
+        _peer_copy(slot[writes["peer_agent"]], feats, p)
         if topology:
-            slot[visible_row] = visible[:, rows, j]  # type: ignore[index]
+            slot[visible_row] = visible[:, rows, peer_of]  # type: ignore[index]
     slots[N - 1 :] = 0.0
 
     # The summary reduces the slots just written (every peer has one, as N <= max_peers + 1).
@@ -528,6 +601,6 @@ def build_observations(
         summary[max_rows] = peers[:, max_of].max(0)
         if topology:  # column sums: who reads me (the diagonal is True, so less one)
             read_by = visible.sum(1, dtype=np.float32) - 1.0  # type: ignore[union-attr]
-            summary[_positions(layout.summary_features)["read_by"]] = read_by * (1.0 / (N - 1))
+            summary[writes["read_by"]] = read_by * (1.0 / (N - 1))
     summary[SUMMARY["num_agents"]] = N / (max_peers + 1)
     return obs.transpose(1, 2, 0)

@@ -10,6 +10,8 @@ The hash is SplitMix64's finaliser, which passes BigCrush on a counter.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy.special import ndtri
 
@@ -18,14 +20,46 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S40 = (np.uint64(s) for s in (30, 27, 31, 40))
 _TO_UNIT = np.float32(2.0**-24)
+_WRAP = 2**64
+
+
+def _as_keys(x: np.ndarray | int) -> np.ndarray:
+    """`x` as a uint64 array of at least one dimension (0-d uint64 warns on wrap-around)."""
+    if type(x) is np.ndarray and x.dtype == np.uint64 and x.ndim:
+        return x  # the common case, without three conversion calls
+    return np.atleast_1d(np.asarray(x, dtype=np.uint64))
 
 
 def mix(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
-    x = np.atleast_1d(np.asarray(x, dtype=np.uint64))  # 0-d uint64 warns on wrap-around
-    x = (x ^ (x >> _S30)) * _M1
-    x = (x ^ (x >> _S27)) * _M2
-    return x ^ (x >> _S31)
+    x = _as_keys(x)
+    out = np.empty(x.shape, np.uint64)
+    if x.size <= _CHUNK:
+        _mix_into(x, out, np.empty(x.shape, np.uint64))
+        return out
+    # Chunk by chunk: each of the eight passes then runs in cache (~3x faster at 1e5 keys).
+    flat, flat_out = x.reshape(-1), out.reshape(-1)
+    scratch = np.empty(_CHUNK, np.uint64)
+    for i in range(0, flat.size, _CHUNK):
+        part = flat_out[i : i + _CHUNK]
+        _mix_into(flat[i : i + _CHUNK], part, scratch[: part.size])
+    return out
+
+
+_CHUNK = 32768
+"""Keys `mix` hashes at a time (256 KiB a pass)."""
+
+
+def _mix_into(x: np.ndarray, y: np.ndarray, t: np.ndarray) -> None:
+    """`mix` of `x` written into `y`, with `t` (same shape) as scratch."""
+    np.right_shift(x, _S30, out=y)
+    y ^= x
+    y *= _M1
+    np.right_shift(y, _S27, out=t)
+    y ^= t
+    y *= _M2
+    np.right_shift(y, _S31, out=t)
+    y ^= t
 
 
 # Odd 64-bit multipliers, one per tag position: a key and its tags are combined as
@@ -40,9 +74,15 @@ def derive(keys: np.ndarray, *tags: int | np.ndarray) -> np.ndarray:
     """A new key per entry of `keys` for each combination of `tags` (broadcast)."""
     if len(tags) > len(_TAG_MULTIPLIERS):
         raise ValueError(f"derive takes at most {len(_TAG_MULTIPLIERS)} tags, got {len(tags)}")
-    k = np.atleast_1d(np.asarray(keys, dtype=np.uint64))
+    k = _as_keys(keys)
+    offset = 0  # the Python-int tags' sum, exact mod 2**64 (addition commutes there)
     for tag, m in zip(tags, _TAG_MULTIPLIERS):
-        k = k + np.atleast_1d(np.asarray(tag, dtype=np.uint64)) * m
+        if isinstance(tag, int):
+            offset += tag * int(m)
+        else:
+            k = k + _as_keys(tag) * m
+    if offset:
+        k = k + np.uint64(offset % _WRAP)
     return mix(k)
 
 
@@ -56,9 +96,25 @@ def uniform(keys: np.ndarray, size: int) -> np.ndarray:
 
     24 bits of resolution: plenty for a simulator, and half the memory traffic of float64.
     """
+    keys = np.asarray(keys, dtype=np.uint64)
+    out = np.empty((*keys.shape, size), np.float32)
+    flat_keys, flat_out = keys.reshape(-1), out.reshape(-1, size)
+    rows = max(1, _CHUNK // size)  # keys per chunk: every pass stays in cache
+    for i in range(0, flat_keys.size, rows):
+        x = mix(flat_keys[i : i + rows, None] + _counters(size))
+        x >>= _S40
+        u = flat_out[i : i + rows]
+        u[...] = x  # uint64 -> float32, as astype
+        u += np.float32(0.5)
+        u *= _TO_UNIT
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _counters(size: int) -> np.ndarray:
     counters = np.arange(1, size + 1, dtype=np.uint64) * _GOLDEN
-    x = mix(np.asarray(keys, dtype=np.uint64)[..., None] + counters)
-    return ((x >> _S40).astype(np.float32) + np.float32(0.5)) * _TO_UNIT
+    counters.flags.writeable = False
+    return counters
 
 
 def normal(keys: np.ndarray, size: int) -> np.ndarray:

@@ -8,6 +8,7 @@ nobody and receives no vote). Ties between answers with equally many holders are
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -19,16 +20,67 @@ Vote = Literal["plurality", "weighted"]
 """How the team answer is chosen: most holders, or highest summed confidence."""
 VOTES: tuple[Vote, ...] = get_args(Vote)
 _BIG = 1e6  # vote counts dominate; the tie-break term stays below 1e3
+_SMALL_SUM = 64  # `sum_small` reduces arrays up to this size in one call
+
+
+@functools.lru_cache(maxsize=16)
+def _rows(B: int) -> np.ndarray:
+    """``arange(B)``, built once per batch size (read-only: shared by every caller)."""
+    rows = np.arange(B)
+    rows.flags.writeable = False
+    return rows
 
 
 def sum_small(x: np.ndarray, axis: int = -1, dtype: type = np.int32) -> np.ndarray:
     """Sum over a short axis (agents) by slab-wise adds: numpy's reductions over axes of
-    size 2-8 cost far more per element than a few whole-array additions."""
+    size 2-8 cost far more per element than a few whole-array additions. A small integer
+    array (one env) takes one reduction instead: fewer calls, the same exact sum."""
+    if x.size <= _SMALL_SUM and x.dtype.kind in "biu":
+        return np.add.reduce(x, axis=axis, dtype=dtype)
     ax = axis % x.ndim
     lead: tuple[Any, ...] = (slice(None),) * ax  # indexing: far cheaper than np.moveaxis
     out = x[lead + (0,)].astype(dtype)
     for k in range(1, x.shape[ax]):
         out += x[lead + (k,)]
+    return out
+
+
+def max_small(x: np.ndarray) -> np.ndarray:
+    """``x.max(-1)`` over a short last axis (agents) by slab-wise `np.maximum` (the same
+    values: a maximum is exact); a reduction's per-row cost dominates there."""
+    if x.size <= _SMALL_SUM:
+        return np.maximum.reduce(x, axis=-1)
+    out = x[..., 0].copy()  # a new array, as max's
+    for j in range(1, x.shape[-1]):
+        out = np.maximum(out, x[..., j])
+    return out
+
+
+def argmax_small(x: np.ndarray) -> np.ndarray:
+    """``np.argmax(x, -1)`` over a short last axis by slab-wise comparisons: the first
+    index of the maximum, as argmax (which picks the first NaN: such input takes it)."""
+    if x.size <= _SMALL_SUM or (x.dtype.kind == "f" and np.isnan(x).any()):
+        return np.argmax(x, axis=-1)
+    best = x[..., 0]
+    index = np.zeros(best.shape, np.intp)
+    for j in range(1, x.shape[-1]):
+        value = x[..., j]
+        better = value > best
+        index[better] = j
+        best = np.where(better, value, best)
+    return index
+
+
+def holder_sums(same: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """``[B, N]``: summed `confidence` of the holders of each agent's answer,
+    ``einsum("bij,bj->bi", same, confidence)``. Up to 3 agents by slab-wise adds (einsum
+    costs far more on a bool operand), which sum in einsum's order; from 4 on einsum's
+    vectorised loop sums in another order, so it runs itself (bit-identical either way)."""
+    if same.shape[-1] > 3:
+        return np.einsum("bij,bj->bi", same, confidence)
+    out = same[..., 0] * confidence[:, None, 0]
+    for j in range(1, same.shape[-1]):
+        out += same[..., j] * confidence[:, None, j]
     return out
 
 
@@ -41,7 +93,7 @@ def agreement(answer: np.ndarray) -> np.ndarray:
 def _tie_term(same: np.ndarray, confidence: np.ndarray, tie_break: str, noise: np.ndarray | None):
     """Secondary score of each holder ``[B, N]`` (larger wins), before leave-one-out."""
     if tie_break == "confidence":
-        return np.einsum("bij,bj->bi", same, confidence)
+        return holder_sums(same, confidence)
     N = same.shape[-1]
     if tie_break == "first":
         # The answer whose first holder has the lowest index wins: score each holder by the
@@ -69,12 +121,12 @@ def plurality(
     """
     count = sum_small(same)
     if vote == "weighted":
-        score = np.einsum("bij,bj->bi", same, confidence.astype(np.float64)) * _BIG + count
+        score = holder_sums(same, confidence.astype(np.float64)) * _BIG + count
     else:
         score = count * _BIG + _tie_term(same, confidence, tie_break, noise)
     score = np.where(count > 0, score, -np.inf)
-    winner = np.argmax(score, axis=-1)
-    return np.where(count.max(-1) > 0, winner, -1)
+    winner = argmax_small(score)
+    return np.where(max_small(count) > 0, winner, -1)
 
 
 def leave_one_out(
@@ -91,7 +143,7 @@ def leave_one_out(
     # count[b, i, j]: holders of j's answer once i is removed.
     count = holders = sum_small(same)[:, None, :] - same.transpose(0, 2, 1)
     if tie_break == "confidence" or vote == "weighted":
-        tie = np.einsum("bjk,bk->bj", same, confidence)[:, None, :] - (
+        tie = holder_sums(same, confidence)[:, None, :] - (
             same.transpose(0, 2, 1) * confidence[:, :, None]
         )
         if vote == "weighted":
@@ -103,20 +155,18 @@ def leave_one_out(
     else:
         tie = np.broadcast_to(_tie_term(same, confidence, tie_break, noise)[:, None, :], (B, N, N))
     score = np.where((holders > 0) & ~eye, count * _BIG + tie, -np.inf)
-    winner = np.argmax(score, axis=-1)
-    return np.where(np.isfinite(score.max(-1)), winner, -1)
+    winner = argmax_small(score)
+    return np.where(np.isfinite(max_small(score)), winner, -1)
 
 
 def holds(same: np.ndarray, winner: np.ndarray) -> np.ndarray:
     """``[B, N]`` bool: agent holds the answer of `winner` ([B])."""
-    B = same.shape[0]
-    rows = same[np.arange(B), np.maximum(winner, 0)]
+    rows = same[_rows(same.shape[0]), np.maximum(winner, 0)]
     return rows & (winner >= 0)[:, None]
 
 
 def winner_correct(correct: np.ndarray, winner: np.ndarray) -> np.ndarray:
     """Correctness of the answer held by `winner` (any shape of leading axes over [B, N])."""
-    picked = np.take_along_axis(
-        correct, np.maximum(winner, 0).reshape(correct.shape[0], -1), axis=1
-    )
-    return picked.reshape(winner.shape) & (winner >= 0)
+    B = correct.shape[0]
+    index = np.maximum(winner, 0).reshape(B, -1)
+    return correct[_rows(B)[:, None], index].reshape(winner.shape) & (winner >= 0)
