@@ -20,6 +20,9 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S40 = (np.uint64(s) for s in (30, 27, 31, 40))
 _TO_UNIT = np.float32(2.0**-24)
+_BELOW_ONE = np.nextafter(np.float32(1.0), np.float32(0.0))
+"""The largest float32 below 1. The top 24-bit value plus 0.5 rounds to 2**24 in float32,
+which would make a uniform of exactly 1 (and an infinite normal) once in 2**24 draws."""
 _WRAP = 2**64
 
 
@@ -107,6 +110,7 @@ def uniform(keys: np.ndarray, size: int) -> np.ndarray:
         u[...] = x  # uint64 -> float32, as astype
         u += np.float32(0.5)
         u *= _TO_UNIT
+        np.minimum(u, _BELOW_ONE, out=u)
     return out
 
 
