@@ -20,7 +20,7 @@ import torch
 from algorithms.advantages import reward_transform
 from algorithms.kl import KLAnneal, KLControl, make_kl_controller
 from algorithms.policy import MetaPolicy, PolicyConfig, use_generator
-from algorithms.rollout import Rollout
+from algorithms.rollout import Rollout, distinct_rows
 from deliberation_env import EnvConfig, load_tasks
 from deliberation_env.config import check_finite, check_int
 from deliberation_env.core import layout_for
@@ -362,17 +362,9 @@ class DistinctRows:
 
     @classmethod
     def of(cls, obs: torch.Tensor, masks: torch.Tensor) -> DistinctRows:
-        # Rows compared as bytes (one sort of opaque records; torch.unique(dim=0) slices
-        # row by row): equal bytes are equal inputs, hence equal outputs.
-        R = obs.shape[0]
-        parts = [
-            np.ascontiguousarray(x.reshape(R, -1).numpy()).view(np.uint8) for x in (obs, masks)
-        ]
-        key = np.concatenate(parts, axis=1)
-        records = key.view(np.dtype((np.void, key.shape[1])))[:, 0]
-        _, first_np, index = np.unique(records, return_index=True, return_inverse=True)
+        first_np, index = distinct_rows(obs.numpy(), masks.numpy())
         first = torch.as_tensor(first_np)
-        return cls(obs[first], masks[first], torch.as_tensor(index.reshape(R)))
+        return cls(obs[first], masks[first], torch.as_tensor(index))
 
     def logits(self, policy: MetaPolicy, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``policy(obs[rows], masks[rows])`` (all rows when None), the network run on the

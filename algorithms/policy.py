@@ -8,8 +8,10 @@ query and its peers' states are keys and values. Parameters are shared across ag
 with an agent-index embedding by default, or one network per agent. The attention is
 written out (`_PeerAttention`): the peer encoder's last layer folded into the key and
 value projections (one matrix product for both), the per-head scores and mixes over the few
-peer slots as elementwise products, and peer slots empty in every row skipped; the same
-outputs as the previous ``nn.MultiheadAttention`` forward on the same weights
+peer slots as elementwise products, and peer slots empty in every row skipped; the query
+projection shares one matrix product with the heads' own-state halves, and ``out_proj`` is
+folded into the heads (`_Trunk.outputs`). The same outputs as the previous
+``nn.MultiheadAttention`` forward on the same weights, within float rounding
 (tests/test_policy_equivalence.py).
 """
 
@@ -107,26 +109,40 @@ class _PeerAttention(nn.Module):
         its last linear layer); `pad` ``[M, P]`` marks empty slots. A row with no peer
         attends to nothing and gets ``out_proj.bias``, as ``nn.MultiheadAttention`` gives
         a fully padded row."""
+        w_q, _, _ = self.in_proj_weight.chunk(3)
+        b_q, _, _ = self.in_proj_bias.chunk(3)
+        query = F.linear(q, w_q, b_q) * (q.shape[-1] // self.heads) ** -0.5
+        mixed = self.mix(query, hidden_peers, peer_out, pad)
+        return F.linear(mixed, self.out_proj.weight, self.out_proj.bias)
+
+    def mix(
+        self,
+        query: torch.Tensor,
+        hidden_peers: torch.Tensor,
+        peer_out: nn.Linear,
+        pad: torch.Tensor,
+    ) -> torch.Tensor:
+        """The heads' outputs ``[M, H]`` before ``out_proj``, given the scaled query
+        ``(W_q q + b_q) / sqrt(d)`` (`forward`; `_Trunk` computes it in one matrix
+        product with the head's own-state half)."""
         M, P, h = hidden_peers.shape
         H, d = self.heads, h // self.heads
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, _, b_v = self.in_proj_bias.chunk(3)  # the key bias shifts every score alike
-        w2, b2 = peer_out.weight, peer_out.bias
-        query = F.linear(q, w_q, b_q).view(M, 1, H, d) * d**-0.5
+        w_v, b_v = self.in_proj_weight[2 * h :], self.in_proj_bias[2 * h :]
+        w2, b2 = peer_out.weight, peer_out.bias  # the key bias shifts every score alike
         # Keys and values of every slot in one matrix product with the peer encoder's last
         # layer folded in: W_k W2 t_j (its b2 term is the same for every slot, so it
         # cancels in the softmax) and W_v W2 t_j (+ W_v b2 + b_v below). Per head, the
         # scores and the mix over the few slots are elementwise products and sums: cheaper
         # than batched matrix products of a handful of rows each.
-        kv = F.linear(hidden_peers, torch.cat([w_k @ w2, w_v @ w2]))  # [M, P, 2h]
+        kv = F.linear(hidden_peers, self.in_proj_weight[h:] @ w2)  # [M, P, 2h]
         keys, values = kv.view(M, P, 2, H, d).unbind(2)
-        scores = (query * keys).sum(-1)  # [M, P, H]
+        scores = (query.view(M, 1, H, d) * keys).sum(-1)  # [M, P, H]
         keep = (~pad)[:, :, None].to(scores.dtype)
         # -1e30, not -inf: a row with no peer then gets weights 0 rather than NaN.
         att = scores.masked_fill(pad[:, :, None], -1e30).softmax(1) * keep
         out = (att[..., None] * values).sum(1)  # [M, H, d]
-        out = out + att.sum(1)[..., None] * (w_v @ b2 + b_v).view(H, d)
-        return F.linear(out.reshape(M, h), self.out_proj.weight, self.out_proj.bias)
+        out = out + att.sum(1)[..., None] * torch.addmv(b_v, w_v, b2).view(H, d)
+        return out.reshape(M, h)
 
 
 class _Trunk(nn.Module):
@@ -158,8 +174,11 @@ class _Trunk(nn.Module):
             inp = cfg.critic_state_size + 2 * h
             self.value = nn.Sequential(nn.Linear(inp, h), nn.Tanh(), nn.Linear(h, 1))
 
-    def features(self, obs: torch.Tensor, agent_embedding: torch.Tensor | None) -> torch.Tensor:
-        """``[M, D] -> [M, 2H]``: own encoding and attended peer summary."""
+    def _encode(
+        self, obs: torch.Tensor, agent_embedding: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[M, D] ->`` (own encoding q ``[M, H]``, the peer slots' hidden states
+        ``[M, P, H]`` before the peer encoder's last layer, their padding ``[M, P]``)."""
         q = self.own(obs[:, : self.own_size])
         if agent_embedding is not None:
             q = q + agent_embedding
@@ -167,18 +186,68 @@ class _Trunk(nn.Module):
         pad = obs[:, start : self.peers.stop : size] < 0.5  # each slot's "present" flag
         # Slots empty in every row get attention weight exactly 0: leave them out (with N
         # agents the env fills the first N - 1 of the `max_peers` slots).
-        used = torch.nonzero(~pad.all(0))
-        slots = max(int(used[-1]) + 1 if len(used) else 0, 1)
+        used = (~pad).any(0).tolist()
+        slots = max((j + 1 for j, u in enumerate(used) if u), default=1)
         # One contiguous row per slot: a 2-D matrix product (on a strided 3-D view torch
         # runs a batched product with the weight copied per row).
         peers = obs[:, start : start + slots * size].reshape(-1, size)
-        pad = pad[:, :slots]
-        first, _, last = self.peer
-        assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
-        # The last layer is folded into the attention.
+        first = _linear(self.peer, 0)
         hidden_peers = torch.tanh(first(peers)).view(-1, slots, first.out_features)
-        attended = self.attn(q, hidden_peers, last, pad)
-        return torch.cat([q, attended], dim=-1)
+        return q, hidden_peers, pad[:, :slots]
+
+    def features(self, obs: torch.Tensor, agent_embedding: torch.Tensor | None) -> torch.Tensor:
+        """``[M, D] -> [M, 2H]``: own encoding and attended peer summary (the head's and
+        the value head's input; `outputs` computes both without building it)."""
+        q, hidden_peers, pad = self._encode(obs, agent_embedding)
+        return torch.cat([q, self.attn(q, hidden_peers, _linear(self.peer, 2), pad)], dim=-1)
+
+    def outputs(
+        self,
+        obs: torch.Tensor,
+        agent_embedding: torch.Tensor | None,
+        logits: bool = True,
+        value: bool = False,
+        state_term: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``[M, D] ->`` (logits ``[M, 3]`` or None, values ``[M]`` or None): ``head`` and
+        ``value`` on `features`, in fewer matrix products. Between the own encoding q and
+        the heads' hidden layers everything is linear but the attention weights, so the
+        query projection and the heads' q halves are one product on q, and ``out_proj`` is
+        folded into the heads' attended halves (one product on the heads' mixed values).
+        `state_term` ``[M, H]`` is the value head's global-state half (MAPPO)."""
+        q, hidden_peers, pad = self._encode(obs, agent_embedding)
+        attn, h = self.attn, q.shape[-1]
+        scale = (h // attn.heads) ** -0.5
+        w_o, b_o = attn.out_proj.weight, attn.out_proj.bias
+        on_q, b_q, on_mixed = [attn.in_proj_weight[:h] * scale], [attn.in_proj_bias[:h] * scale], []
+        # Each head's first layer reads [extra, q, attended]: extra is the global state
+        # (value head of a centralised critic; `state_term`), else empty.
+        firsts = ([_linear(self.head, 0)] if logits else []) + (
+            [_linear(self.value, 0)] if value else []
+        )
+        for layer in firsts:
+            c = layer.in_features - 2 * h
+            w_att = layer.weight[:, c + h :]
+            on_q.append(layer.weight[:, c : c + h])
+            b_q.append(torch.addmv(layer.bias, w_att, b_o))
+            on_mixed.append(w_att @ w_o)
+        z = F.linear(q, torch.cat(on_q), torch.cat(b_q))  # [M, (1 + heads) H]
+        mixed = attn.mix(z[:, :h], hidden_peers, _linear(self.peer, 2), pad)
+        pre = torch.addmm(z[:, h:], mixed, torch.cat(on_mixed).T)
+        if state_term is not None:
+            pre = torch.cat([pre[:, :-h], pre[:, -h:] + state_term], dim=1)
+        hidden = pre.tanh_()
+        out_logits = _linear(self.head, 2)(hidden[:, :h]) if logits else None
+        out_value = _linear(self.value, 2)(hidden[:, -h:])[:, 0] if value else None
+        return out_logits, out_value
+
+
+def _linear(seq: nn.Module | None, i: int) -> nn.Linear:
+    """Layer `i` of the `nn.Sequential` `seq` (a typed accessor)."""
+    assert isinstance(seq, nn.Sequential)
+    layer = seq[i]
+    assert isinstance(layer, nn.Linear)
+    return layer
 
 
 class MetaPolicy(nn.Module):
@@ -204,9 +273,12 @@ class MetaPolicy(nn.Module):
         assert isinstance(trunk, _Trunk)
         return trunk
 
-    def _per_agent(self, obs: torch.Tensor) -> Iterator[tuple[int | slice, _Trunk, torch.Tensor]]:
-        """Yield (agent slice, trunk, features) over the agent axis (-2)."""
-        lead, (N, D) = obs.shape[:-2], obs.shape[-2:]
+    def _per_agent(
+        self, obs: torch.Tensor
+    ) -> Iterator[tuple[int | slice, _Trunk, torch.Tensor, torch.Tensor | None]]:
+        """Yield (agent slice, trunk, its rows ``[M, D]``, agent embedding ``[M, H]`` or
+        None) over the agent axis (-2)."""
+        N, D = obs.shape[-2:]
         if N > self.config.num_agents:
             raise ValueError(
                 f"observations have {N} agents but the policy was built for "
@@ -219,19 +291,13 @@ class MetaPolicy(nn.Module):
                 .expand(flat.shape[0], N, -1)
                 .reshape(-1, self.config.hidden)
             )
-            feats = self._trunk(0).features(flat.reshape(-1, D), emb)
-            yield slice(None), self._trunk(0), feats.reshape(*lead, N, -1)
+            yield slice(None), self._trunk(0), flat.reshape(-1, D), emb
         else:
             for i in range(N):
-                trunk = self._trunk(i)
-                yield i, trunk, trunk.features(flat[:, i], None).reshape(*lead, -1)
+                yield i, self._trunk(i), flat[:, i], None
 
     def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        parts = [(idx, trunk.head(f)) for idx, trunk, f in self._per_agent(obs)]
-        logits = parts[0][1] if len(parts) == 1 else torch.stack([p for _, p in parts], dim=-2)
-        if mask is not None:
-            logits = logits.masked_fill(mask < 0.5, -1e9)
-        return logits
+        return self.logits_and_value(obs, mask, value=False)[0]
 
     def value(self, obs: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
         """State values ``[..., N]`` (per-agent features, or the global state for MAPPO)."""
@@ -243,32 +309,52 @@ class MetaPolicy(nn.Module):
         mask: torch.Tensor | None = None,
         state: torch.Tensor | None = None,
         logits: bool = True,
+        value: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(self(obs, mask), self.value(obs, state))`` with the trunk run once (PPO's
-        minibatch step needs both); with ``logits=False`` the first is left empty."""
-        if not self.config.value_head:
+        minibatch step needs both); with ``logits=False`` (``value=False``) the first
+        (second) is left empty."""
+        if value and not self.config.value_head:
             raise RuntimeError("this policy has no value head: build it with value_head=True")
+        lead, N = obs.shape[:-2], obs.shape[-2]
         heads, values = [], []
-        for idx, trunk, f in self._per_agent(obs):
-            assert trunk.value is not None  # built with config.value_head
-            if logits:
-                heads.append(trunk.head(f))
-            if self.config.critic_state_size:
+        for idx, trunk, rows, emb in self._per_agent(obs):
+            state_term = None
+            if value and self.config.critic_state_size:
                 if state is None:
                     raise ValueError("this critic is centralised: pass the global state")
-                glob = state[..., None, :].expand(*obs.shape[:-2], obs.shape[-2], state.shape[-1])
-                glob = glob if idx == slice(None) else glob[..., idx, :]
-                inp = torch.cat([glob, f], dim=-1)
-            else:
-                inp = f
-            values.append(trunk.value(inp)[..., 0])
-        value = values[0] if len(values) == 1 else torch.stack(values, dim=-1)
+                first = _linear(trunk.value, 0)
+                # The global state's half of the value head's first layer, once per state
+                # row (the N agents of an env share it).
+                term = F.linear(state, first.weight[:, : self.config.critic_state_size])
+                term = term.reshape(-1, 1, term.shape[-1])
+                if idx == slice(None):
+                    term = term.expand(-1, N, -1)
+                state_term = term.reshape(rows.shape[0], -1)
+            out, v = trunk.outputs(rows, emb, logits, value, state_term)
+            heads.append(out)
+            values.append(v)
+        shared = self.agent_embedding is not None
+        if value:
+            vals = [v for v in values if v is not None]
+            out_value = (
+                vals[0].reshape(*lead, N)
+                if shared
+                else torch.stack([v.reshape(lead) for v in vals], dim=-1)
+            )
+        else:
+            out_value = obs.new_empty(0)
         if not logits:
-            return obs.new_empty(0), value
-        out = heads[0] if len(heads) == 1 else torch.stack(heads, dim=-2)
+            return obs.new_empty(0), out_value
+        parts = [p for p in heads if p is not None]
+        out = (
+            parts[0].reshape(*lead, N, 3)
+            if shared
+            else torch.stack([p.reshape(*lead, 3) for p in parts], dim=-2)
+        )
         if mask is not None:
             out = out.masked_fill(mask < 0.5, -1e9)
-        return out, value
+        return out, out_value
 
     def distribution(
         self, obs: torch.Tensor, mask: torch.Tensor | None = None

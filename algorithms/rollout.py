@@ -48,6 +48,29 @@ class Rollout:
         return int(self.active.sum()) * self.obs.shape[2]
 
 
+def distinct_rows(*arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, index) over the leading axis of `arrays` taken together: ``first`` the
+    position of the first occurrence of each distinct row, ``index`` ``[R]`` the distinct
+    row of each row (so ``x[first][index] == x``). Rows are compared as bytes (one sort of
+    opaque records): equal bytes are equal inputs, hence equal network outputs."""
+    R = arrays[0].shape[0]
+    parts = [np.ascontiguousarray(x.reshape(R, -1)).view(np.uint8) for x in arrays]
+    key = np.concatenate(parts, axis=1)
+    records = key.view(np.dtype((np.void, key.shape[1])))[:, 0]
+    _, first, index = np.unique(records, return_index=True, return_inverse=True)
+    return first, index.reshape(R)
+
+
+def policy_logits(policy: MetaPolicy, obs: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+    """``policy(obs, mask)`` with the network run once per distinct (obs, mask) row: the G
+    rollouts of a group share their first round (and stay alike while they act alike)."""
+    first, index = distinct_rows(obs, mask)
+    if len(first) == len(index):
+        return policy(torch.as_tensor(obs), torch.as_tensor(mask))
+    logits = policy(torch.as_tensor(obs[first]), torch.as_tensor(mask[first]))
+    return logits[torch.as_tensor(index)]
+
+
 def sample_actions(
     logits: torch.Tensor, generator: torch.Generator | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -81,9 +104,7 @@ def collect(
         mask = info["action_mask"]
         state = env.state()
         with torch.inference_mode():
-            actions, logp = sample_actions(
-                policy(torch.as_tensor(obs), torch.as_tensor(mask)), generator
-            )
+            actions, logp = sample_actions(policy_logits(policy, obs, mask), generator)
         next_obs, rewards, done, _, info = env.step(actions)
         steps.append((obs, mask, actions, logp, rewards, active, state))
         final = info

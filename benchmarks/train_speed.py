@@ -8,13 +8,16 @@ Rows: env-only, env + inference and inference-only (the policy alone) at B in
 `--batch-sizes`; every method at the quick budget's shape (32 questions x 8 rollouts:
 B = 256) and at ``deliberate train``'s default (its config's defaults: B = 512). Prints a
 Markdown table with the issue's targets and writes ``runs/bench/train_speed.json``. Compare
-the ratios, measured in the same run.
+the ratios, measured in the same run. Rates are per CPU second of this process
+(``time.process_time``; torch runs one thread), so other load on a shared machine does not
+count against them; the wall-clock rates are in the JSON beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +58,7 @@ def stepping_rates(
     net = make_policy(TrainConfig(env=env_cfg))
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
-    obs, info = venv.reset(seed=0)
+    obs, info = venv.reset(seed=0)  # (each `rate` resets again)
 
     def infer(obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -76,12 +79,14 @@ def stepping_rates(
         obs, _, _, _, info = venv.step(actions)
 
     def rate(policy: bool | None) -> float:
+        nonlocal obs, info
+        obs, info = venv.reset(seed=0)  # every timed part starts from the same states
         tick(policy)  # warm-up
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / repeats:
+        steps, start = 0, time.process_time()
+        while time.process_time() - start < seconds / repeats:
             tick(policy)
             steps += 1
-        return steps * batch * venv.num_agents / (time.perf_counter() - start)
+        return steps * batch * venv.num_agents / (time.process_time() - start)
 
     best = [0.0, 0.0, 0.0]
     for _ in range(repeats):
@@ -99,17 +104,27 @@ def train_rate(name: str, shape: str, updates: int, env: EnvConfig) -> dict[str,
     else:
         cfg = cls(env=env, updates=updates)
     batch = cfg.questions_per_update * cfg.group_size if hasattr(cfg, "group_size") else None
-    start = time.perf_counter()
-    _, history = train(cfg, progress=False)
-    wall = time.perf_counter() - start
-    steps = sum(h.get("agent_steps", 0) for h in history)
-    # The updates' own time (collection + update), without the one-off setup (loading the
-    # questions, building the env); SB3 logs no per-update time: its wall time then.
-    timed = [h["seconds"] for h in history if "seconds" in h]
-    seconds = sum(timed) if len(timed) == len(history) and timed else wall
+    module = importlib.import_module(get_algorithm(name).module)
+    if not hasattr(module, "update"):  # SB3: its own loop, timed whole
+        wall, cpu = time.perf_counter(), time.process_time()
+        _, history = train(cfg, progress=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        steps = sum(h.get("agent_steps", 0) for h in history)
+    else:
+        # The updates' own time (collection + update), without the one-off setup (loading
+        # the questions, building the env): `Trainer.step`, as `Trainer.run` calls it.
+        from algorithms.trainer import Trainer
+
+        size = module.critic_state_size(cfg) if hasattr(module, "critic_state_size") else None
+        trainer = Trainer(name, cfg, module.update, progress=False, critic_state_size=size)
+        steps, wall, cpu = 0, 0.0, 0.0
+        for u in range(cfg.updates):
+            w, c = time.perf_counter(), time.process_time()
+            steps += trainer.step(u)["agent_steps"]
+            wall, cpu = wall + time.perf_counter() - w, cpu + time.process_time() - c
     return {"row": f"{name} ({shape})", "method": name, "shape": shape, "batch": batch,
-            "agent_steps": steps, "seconds": seconds, "wall_seconds": wall,
-            "agent_steps_per_s": steps / seconds}  # fmt: skip
+            "agent_steps": steps, "seconds": cpu, "wall_seconds": wall,
+            "agent_steps_per_s": steps / cpu, "wall_agent_steps_per_s": steps / wall}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -78,7 +78,10 @@ class _OldPolicy(nn.Module):
 
     def forward(self, obs, mask):
         parts = [t.head(f) for _, t, f in self._feats(obs)]
-        logits = parts[0] if len(parts) == 1 else torch.stack(parts, dim=-2)
+        # One network per agent stacks along the agent axis even for one agent (the old
+        # code returned [..., 3] there, and the mask then broadcast it: a shape bug).
+        shared = self.agent_embedding is not None
+        logits = parts[0] if shared else torch.stack(parts, dim=-2)
         return logits.masked_fill(mask < 0.5, -1e9)
 
     def value(self, obs, state=None):
@@ -89,7 +92,7 @@ class _OldPolicy(nn.Module):
                 glob = glob if idx == slice(None) else glob[..., idx, :]
                 f = torch.cat([glob, f], dim=-1)
             out.append(t.value(f)[..., 0])
-        return out[0] if len(out) == 1 else torch.stack(out, dim=-1)
+        return out[0] if self.agent_embedding is not None else torch.stack(out, dim=-1)
 
 
 def _batch(cfg: PolicyConfig, n: int, rows: int = 64, seed: int = 0):
@@ -256,3 +259,22 @@ def test_distinct_rows_give_every_rows_logits_and_gradients():
             assert torch.allclose(g_plain, g_distinct, atol=1e-6, rtol=1e-4)
     with torch.no_grad():
         assert torch.allclose(distinct.reference_logits(policy), policy(obs, mask), atol=1e-6)
+
+
+def test_rollout_logits_run_once_per_distinct_row():
+    """The rollout's forward (`algorithms.rollout.policy_logits`, the network run once per
+    distinct (obs, mask) row: a group's rollouts share their first round) gives the plain
+    forward's logits."""
+    from algorithms.rollout import policy_logits
+
+    cfg = PolicyConfig()
+    policy = MetaPolicy(cfg)
+    obs, mask, _ = _batch(cfg, 3, rows=24)
+    obs, mask = obs.repeat_interleave(4, 0), mask.repeat_interleave(4, 0)  # groups of 4
+    with torch.no_grad():
+        expected = policy(obs, mask)
+        got = policy_logits(policy, obs.numpy(), mask.numpy())
+        unique = policy_logits(policy, obs[::4].numpy(), mask[::4].numpy())  # no repeats
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(unique, expected[::4], atol=1e-6, rtol=1e-5)
