@@ -328,8 +328,9 @@ class CompareArgs:
     the config and results table (OUT/tensorboard, or a W&B run "compare"); pip install
     'deliberation-env[track]'."""
     workers: int = 0
-    """Methods trained at once, each in its own process (0: one per CPU core; 1: one after
-    another in this process). The results do not depend on it."""
+    """Training runs (a method and a training seed each) at once, each in its own process
+    (0: one per CPU core; 1: one after another in this process). The results do not
+    depend on it."""
 
 
 @command("compare", "train every method, evaluate all protocols, print the table")

@@ -14,7 +14,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -120,27 +120,24 @@ def _train(
     budget: Budget,
     env: EnvConfig,
     out: Path,
-    seeds: Sequence[int],
+    seed: int,
+    where: Path,
     progress: bool,
     track: str | None = None,
-) -> TrainResult:
-    """`algorithm` once per training seed: (policies, first seed's history, seconds);
-    `track`: each run logs to its own tracker in its folder (`algorithms.tracking`)."""
+) -> tuple[Policy, list[dict[str, Any]], float]:
+    """One training run of `algorithm` with `seed`, written to `where` under `out`:
+    (policy, history, seconds); `track`: it logs to its own tracker in its folder
+    (`algorithms.tracking`)."""
     _, train = algorithm.load()
     name = algorithm.name
     ALGORITHMS.setdefault(name, algorithm)  # a worker process: the caller's registry entry
-    policies, histories = [], []
     start = time.perf_counter()
-    for seed in seeds:
-        where = out / name if len(seeds) == 1 else out / name / f"seed{seed}"
-        cfg = method_config(name, budget, env, seed=seed, out=str(where))
-        policy, history = tracked_train(
-            train, cfg, track, where, name=name, run_name=str(where.relative_to(out)),
-            group=str(out), progress=progress,
-        )  # fmt: skip
-        policies.append(policy)
-        histories.append(history)
-    return policies, histories[0], time.perf_counter() - start
+    cfg = method_config(name, budget, env, seed=seed, out=str(where))
+    policy, history = tracked_train(
+        train, cfg, track, where, name=name, run_name=str(where.relative_to(out)),
+        group=str(out), progress=progress,
+    )  # fmt: skip
+    return policy, history, time.perf_counter() - start
 
 
 def _train_all(
@@ -152,25 +149,46 @@ def _train_all(
     progress: bool,
     track: str | None,
     workers: int,
-) -> Iterator[tuple[str, TrainResult]]:
-    """`_train` of each method, in this process when `workers` is 1, else on a pool of
-    `workers` spawned processes (no forked torch state; no progress bars), yielded as each
-    ends. The trainers seed themselves, so a method learns the same policy either way. A
-    worker gets the method's registry entry, so a method the caller registered trains
-    there too (its module must import in a fresh process)."""
-    algorithms = [get_algorithm(m) for m in methods]
-    if workers <= 1 or len(algorithms) <= 1:
-        for algorithm in algorithms:
-            yield algorithm.name, _train(algorithm, budget, env, out, seeds, progress, track)
-        return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = {
-            pool.submit(_train, a, budget, env, out, seeds, False, track): a.name
-            for a in algorithms
-        }
-        for future in concurrent.futures.as_completed(futures):
-            yield futures[future], future.result()
+) -> dict[str, TrainResult]:
+    """Every method once per training seed (``OUT/METHOD``, or ``OUT/METHOD/seedS`` with
+    several seeds), in this process when `workers` is 1, else as one job per run on a pool
+    of `workers` spawned processes (no forked torch state; no progress bars). The trainers
+    seed themselves, so a run learns the same policy either way. A worker gets the
+    method's registry entry, so a method the caller registered trains there too (its
+    module must import in a fresh process)."""
+    runs = [
+        (get_algorithm(m), seed, out / m if len(seeds) == 1 else out / m / f"seed{seed}")
+        for m in methods
+        for seed in seeds
+    ]
+    done: dict[tuple[str, int], tuple[Policy, list[dict[str, Any]], float]] = {}
+
+    def finished(name: str, seed: int, result: tuple[Policy, list[dict[str, Any]], float]) -> None:
+        done[name, seed] = result
+        if progress and all((name, s) in done for s in seeds):
+            seconds = sum(done[name, s][2] for s in seeds)
+            print(f"trained {name} in {seconds:.0f} s")
+
+    if workers <= 1 or len(runs) <= 1:
+        for a, seed, where in runs:
+            finished(a.name, seed, _train(a, budget, env, out, seed, where, progress, track))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {
+                pool.submit(_train, a, budget, env, out, seed, where, False, track): (a.name, seed)
+                for a, seed, where in runs
+            }
+            for future in concurrent.futures.as_completed(futures):
+                finished(*futures[future], future.result())
+    return {
+        m: (
+            [done[m, s][0] for s in seeds],
+            done[m, seeds[0]][1],
+            sum(done[m, s][2] for s in seeds),
+        )
+        for m in methods
+    }
 
 
 def run_compare(
@@ -194,8 +212,9 @@ def run_compare(
     `s` in ``budget.train_seeds``; `seed` also seeds the `random` protocol. `track`
     (``tensorboard`` or ``wandb``, `algorithms.tracking`) logs every training run in its
     own folder and the results table (text and scalars per method) in `out`. `workers`
-    trains that many methods at once in spawned processes (0: one per CPU core); the
-    results are the same as with 1, which trains them one after another in this process.
+    runs that many training runs (method, seed) at once in spawned processes (0: one per
+    CPU core); the results are the same as with 1, which trains them one after another in
+    this process.
     """
     name = preset if preset is not None else budget
     b = get_budget(name)
@@ -207,12 +226,8 @@ def run_compare(
     timings: dict[str, float] = {}
     train_seeds = [seed + s for s in b.train_seeds]
     names = list(methods or METHODS)
-    workers = min(workers or os.cpu_count() or 1, len(names))
-    trained_by: dict[str, TrainResult] = {}
-    for method, result in _train_all(names, b, env, out, train_seeds, progress, track, workers):
-        trained_by[method] = result
-        if progress:
-            print(f"trained {method} in {result[2]:.0f} s")
+    workers = workers or os.cpu_count() or 1
+    trained_by = _train_all(names, b, env, out, train_seeds, progress, track, workers)
     for method in names:  # the caller's order, whatever order they finished in
         trained, history, timings[method] = trained_by[method]
         policies[method] = trained if len(trained) > 1 else trained[0]

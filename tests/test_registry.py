@@ -3,6 +3,7 @@ change (docs/new_algorithm.md), and the page's worked example runs as written.""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -99,11 +100,13 @@ def test_registered_algorithm_appears_in_run_compare(registry, tmp_path: Path) -
 
 
 def test_run_compare_trains_on_workers_as_in_process(registry, tmp_path: Path) -> None:
-    """Methods trained at once in spawned processes (the caller's own registered method
-    among them) give the very results of training them one after another here."""
+    """Training runs (method, seed) at once in spawned processes (the caller's own
+    registered method among them) give the very results of training them one after
+    another here."""
+    two_seeds = dataclasses.replace(TINY, train_seeds=(0, 1), eval_seeds=(0, 1))
     runs = {
         workers: run_compare(
-            budget=TINY,
+            budget=two_seeds,
             out=tmp_path / f"w{workers}",
             profile="toy",
             tasks="arithmetic:200",
@@ -118,7 +121,7 @@ def test_run_compare_trains_on_workers_as_in_process(registry, tmp_path: Path) -
     for name in ("rloo_test", "grpo", "sb3_ppo"):
         for key in ("team_accuracy", "tokens_per_question", "action_shares"):
             assert pooled[name][key] == serial[name][key], (name, key)
-    assert (tmp_path / "w2" / "sb3_ppo" / "policy.zip").exists()
+    assert (tmp_path / "w2" / "sb3_ppo" / "seed1" / "policy.zip").exists()
 
 
 def test_registered_algorithm_in_train_help(registry, capsys: pytest.CaptureFixture) -> None:
