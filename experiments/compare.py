@@ -214,7 +214,8 @@ def run_compare(
     own folder and the results table (text and scalars per method) in `out`. `workers`
     runs that many training runs (method, seed) at once in spawned processes (0: one per
     CPU core); the results are the same as with 1, which trains them one after another in
-    this process.
+    this process. Workers are spawned, so a script that calls this with `workers` > 1
+    needs Python's ``if __name__ == "__main__":`` guard.
     """
     name = preset if preset is not None else budget
     b = get_budget(name)

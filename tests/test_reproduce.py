@@ -218,8 +218,8 @@ def test_cli_render_only_redraws_without_training(tmp_path, capsys, monkeypatch)
 # --------------------------------------------------------------------------- budgets
 def test_one_budget_type_for_compare_and_reproduce(tmp_path, capsys):
     # `make run` (compare --budget quick) and reproduce's quick budget: the numbers of today.
-    assert BUDGETS["quick"] == Budget(updates=40, questions_per_update=32, group_size=8,
-                                      sft_episodes=2048, sft_epochs=8, eval_episodes=1000,
+    assert BUDGETS["quick"] == Budget(updates=40, questions_per_update=64, group_size=8,
+                                      sft_episodes=4096, sft_epochs=16, eval_episodes=1000,
                                       eval_seeds=(0, 1, 2), train_seeds=(0,))  # fmt: skip
     assert get_budget("full") is BUDGETS["paper"]  # the older name of the paper's protocol
     assert len(BUDGETS["paper"].train_seeds) == len(BUDGETS["paper"].eval_seeds) == 3
