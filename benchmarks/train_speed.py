@@ -5,8 +5,9 @@ side in one run on one core, each with its ratio to the env-only rate at the sam
     python benchmarks/train_speed.py [--updates 10] [--seconds 2] [--profile PROFILE]
 
 Rows: env-only, env + inference and inference-only (the policy alone) at B in
-`--batch-sizes`; every method at the quick budget's shape (32 questions x 8 rollouts:
-B = 256) and at ``deliberate train``'s default (its config's defaults: B = 512). Prints a
+`--batch-sizes`; every method at the quick budget's shape (64 questions x 8 rollouts:
+B = 512, with the quick budget's SB3 settings) and at ``deliberate train``'s default (its
+config's defaults: B = 512). Prints a
 Markdown table with the issue's targets and writes ``runs/bench/train_speed.json``. Compare
 the ratios, measured in the same run. Rates are per CPU second of this process
 (``time.process_time``; torch runs one thread), so other load on a shared machine does not
