@@ -283,7 +283,9 @@ class VectorDeliberationEnv(VectorEnv):
         )
 
     def close_extras(self, **kwargs: Any) -> None:
-        """Close the backend (`close()`, from `VectorEnv`, calls this once)."""
-        close = getattr(self.core.backend, "close", None)
+        """Close the backend (`close()`, from `VectorEnv`, calls this once; also at garbage
+        collection of an env whose constructor raised before it had a core)."""
+        backend = getattr(getattr(self, "core", None), "backend", None)
+        close = getattr(backend, "close", None)
         if callable(close):
             close()

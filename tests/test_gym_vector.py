@@ -86,3 +86,10 @@ def test_close_closes_the_backend_once():
     vec.close()
     vec.close()
     assert vec.closed and calls == [1]
+
+
+def test_an_env_whose_constructor_raised_is_collected_quietly() -> None:
+    """Gymnasium's `VectorEnv.__del__` closes an env whose `__init__` raised before it built
+    its core (a bad config): closing must not raise then."""
+    env = VectorDeliberationEnv.__new__(VectorDeliberationEnv)
+    env.close_extras()  # no core and no backend yet: nothing to close
