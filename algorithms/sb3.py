@@ -114,9 +114,8 @@ class BatchedVecEnv(VecEnv):
     seeded run is reproducible. At an episode end every slot of the env is done, its
     ``infos`` hold ``terminal_observation`` (the last observation) and the episode's
     ``team_correct``, and the observation returned is the next episode's first, as SB3
-    expects. ``env_method("action_masks")`` returns each slot's mask (sb3-contrib's
-    ``MaskablePPO`` reads it so); SB3's PPO ignores masks, and a masked pick plays as
-    PERSIST (`SB3Policy`)."""
+    expects. ``env_method("action_masks")`` returns each slot's mask; SB3's PPO ignores
+    masks, and a masked pick plays as PERSIST (`SB3Policy`)."""
 
     def __init__(self, num_envs: int, config: EnvConfig | None = None) -> None:
         self.vec = VectorDeliberationEnv(
