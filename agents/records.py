@@ -39,14 +39,14 @@ or any object with a ``records()`` method (``agents.cache.ResponseCache``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deliberation_env.protocol import (
-    BatchBackend,
+    BatchBackendWrapper,
     BatchView,
     RefineRequest,
     Solution,
@@ -136,7 +136,7 @@ def record_from_call(
 
 
 # ---------------------------------------------------------------------- any backend in an env
-class RecordingBackend:
+class RecordingBackend(BatchBackendWrapper):
     """Wraps any backend inside an env and keeps one record per LLM call in `records`.
 
     Works for every backend the env accepts (a name plus its arguments, a text `Backend`,
@@ -152,17 +152,12 @@ class RecordingBackend:
     def __init__(self, backend: Any, **kwargs: Any) -> None:
         from deliberation_env.backends import make_backend
 
-        self.inner: BatchBackend = make_backend(backend, **kwargs)
+        super().__init__(make_backend(backend, **kwargs))
         self.records: list[dict[str, Any]] = []
-        self.tasks: list[Task] = []
 
     @property
     def concede_tokens(self) -> int:
         return self.inner.concede_tokens
-
-    def bind(self, tasks: Sequence[Task], num_agents: int) -> None:
-        self.tasks = list(tasks)
-        self.inner.bind(tasks, num_agents)
 
     def solve_batch(self, view: BatchView) -> SolutionBatch:
         batch = self.inner.solve_batch(view)
@@ -173,14 +168,6 @@ class RecordingBackend:
         batch = self.inner.refine_batch(view)  # state is still the pre-round state
         self._record(view, batch, refine=True)
         return batch
-
-    def answer_text(self, task_index: int, answer_id: int) -> str | None:
-        return self.inner.answer_text(task_index, answer_id)
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if callable(close):
-            close()
 
     def _record(self, view: BatchView, batch: SolutionBatch, refine: bool) -> None:
         state = view.state

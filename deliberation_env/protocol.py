@@ -147,3 +147,25 @@ class BatchBackend(Protocol):
     def answer_text(self, task_index: int, answer_id: int) -> str | None:
         """The answer string behind an id (for infos and transcripts)."""
         ...
+
+
+class BatchBackendWrapper:
+    """Base of a `BatchBackend` that wraps another (`inner`) and looks at or checks its
+    batches: `bind` keeps the env's tasks and passes them on, `answer_text` and `close`
+    go to `inner`. Subclasses define `solve_batch`, `refine_batch` and `concede_tokens`."""
+
+    def __init__(self, inner: BatchBackend) -> None:
+        self.inner = inner
+        self.tasks: list[Task] = []
+
+    def bind(self, tasks: Sequence[Task], num_agents: int) -> None:
+        self.tasks = list(tasks)
+        self.inner.bind(tasks, num_agents)
+
+    def answer_text(self, task_index: int, answer_id: int) -> str | None:
+        return self.inner.answer_text(task_index, answer_id)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()

@@ -36,6 +36,7 @@ import numpy as np
 from deliberation_env.protocol import (
     UNPARSED,
     BatchBackend,
+    BatchBackendWrapper,
     BatchView,
     RefineRequest,
     Solution,
@@ -290,16 +291,15 @@ def _describe_view(view: BatchView, m: int, refine: bool, tasks: Sequence[Task])
 
 
 # ---------------------------------------------------------------------- the wrapper
-class ValidatedBackend:
+class ValidatedBackend(BatchBackendWrapper):
     """A `BatchBackend` whose every output is checked by `check_batch` (see the module).
 
     `source` names the backend in errors and warnings; `inner` is the wrapped backend.
     """
 
     def __init__(self, inner: BatchBackend, source: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.source = source
-        self.tasks: list[Task] = []
         self._warned: set[str] = set()
         concede = inner.concede_tokens
         if (
@@ -312,10 +312,6 @@ class ValidatedBackend:
             )
         self.concede_tokens = int(concede)
 
-    def bind(self, tasks: Sequence[Task], num_agents: int) -> None:
-        self.tasks = list(tasks)
-        self.inner.bind(tasks, num_agents)
-
     def solve_batch(self, view: BatchView) -> SolutionBatch:
         batch = self.inner.solve_batch(view)
         return check_batch(batch, view, False, self.source, self.tasks, self._warned)
@@ -323,11 +319,3 @@ class ValidatedBackend:
     def refine_batch(self, view: BatchView) -> SolutionBatch:
         batch = self.inner.refine_batch(view)
         return check_batch(batch, view, True, self.source, self.tasks, self._warned)
-
-    def answer_text(self, task_index: int, answer_id: int) -> str | None:
-        return self.inner.answer_text(task_index, answer_id)
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if callable(close):
-            close()
