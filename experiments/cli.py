@@ -153,7 +153,7 @@ class DemoArgs:
 
 @command("demo", "one deliberation transcript and a small comparison")
 def demo(argv: list[str]) -> int:
-    args = parse(DemoArgs, argv, "deliberate demo", DemoArgs.__doc__ or "")
+    args = parse(DemoArgs, argv, "deliberate demo")
     check_positive("--episodes", args.episodes)
     check_positive("--seed", args.seed, 0)
     config = args.backend_options.env(args.env)
@@ -287,7 +287,7 @@ def evaluate(argv: list[str]) -> int:
     from experiments.compare import compare, markdown_table
     from experiments.pipeline import split
 
-    args = parse(EvalArgs, argv, "deliberate eval", EvalArgs.__doc__ or "")
+    args = parse(EvalArgs, argv, "deliberate eval")
     if (args.policy is None) == (args.protocol is None):
         raise ValueError("give exactly one of --policy PATH or --protocol NAME")
     check_positive("--episodes", args.episodes)
@@ -338,7 +338,7 @@ def compare_(argv: list[str]) -> int:
     from algorithms.registry import ALGORITHMS
     from experiments.compare import print_results, run_compare
 
-    args = parse(CompareArgs, argv, "deliberate compare", CompareArgs.__doc__ or "")
+    args = parse(CompareArgs, argv, "deliberate compare")
     check_positive("--seed", args.seed, 0)
     check_positive("--workers", args.workers, 0)
     for method in args.methods or ():
@@ -416,7 +416,7 @@ def _reproduce_tasks(args: ReproduceArgs) -> dict[str, str]:
 
 @command("reproduce", "the paper's experiments on the simulator (docs/reproduction.md)")
 def reproduce(argv: list[str]) -> int:
-    args = parse(ReproduceArgs, argv, "deliberate reproduce", ReproduceArgs.__doc__ or "")
+    args = parse(ReproduceArgs, argv, "deliberate reproduce")
     from experiments.reproduce import EXPERIMENTS, render_experiment, run_experiment
 
     if args.experiment != "all" and args.experiment not in EXPERIMENTS:
@@ -497,7 +497,7 @@ class FidelityArgs:
 def fidelity_(argv: list[str]) -> int:
     from experiments import fidelity
 
-    args = parse(FidelityArgs, argv, "deliberate fidelity", FidelityArgs.__doc__ or "")
+    args = parse(FidelityArgs, argv, "deliberate fidelity")
     check_positive("--replicas", args.replicas)
     check_positive("--seed", args.seed, 0)
     if not args.transcripts.is_file():

@@ -108,18 +108,19 @@ def parse(
     cls: type[T],
     args: Sequence[str],
     prog: str,
-    description: str = "",
+    description: str | None = None,
     default: T | None = None,
 ) -> T:
     """``cls`` from the command line `args` (tyro, with `REGISTRY`); nested dataclasses
     are flattened (``--profile``, not ``--env.profile``). ``--help`` prints every option
-    with its field's docstring and exits 0; a bad option exits 2 with tyro's message."""
+    with its field's docstring (and `description`, default ``cls``'s docstring) and exits
+    0; a bad option exits 2 with tyro's message."""
     kwargs: dict[str, Any] = {} if default is None else {"default": default}
     return tyro.cli(
         cls,
         args=list(args),
         prog=prog,
-        description=description,
+        description=(cls.__doc__ or "") if description is None else description,
         registry=REGISTRY,
         config=(tyro.conf.OmitArgPrefixes,),
         **kwargs,
