@@ -407,6 +407,11 @@ class DeliberationCore:
         s = self.state
         return self.backend.answer_text(int(s.task_index[env]), int(s.answer[env, agent]))
 
+    def answer_texts(self, env: int) -> list[str | None]:
+        """`answer_text` of every agent of env `env`."""
+        task, text = int(self.state.task_index[env]), self.backend.answer_text
+        return [text(task, answer) for answer in self.state.answer[env].tolist()]
+
     # ------------------------------------------------------------------ internals
     def _write(self, batch: SolutionBatch, b: np.ndarray, a: np.ndarray) -> None:
         s = self.state

@@ -512,12 +512,11 @@ class DeliberationEnv(ParallelEnv):
         s = self.core.state
         if masks is None:
             masks = self.core.action_masks()[0]
-        backend, task = self.core.backend, int(s.task_index[0])
         # One conversion per array (`tolist`), not one NumPy scalar per agent.
         rows = zip(
             self.possible_agents,
             masks,
-            s.answer[0].tolist(),
+            self.core.answer_texts(0),
             s.correct[0].tolist(),
             s.self_confidence[0].tolist(),
             tokens.tolist(),
@@ -525,7 +524,7 @@ class DeliberationEnv(ParallelEnv):
         return {
             a: {
                 "action_mask": mask,
-                "answer": backend.answer_text(task, answer),
+                "answer": answer,
                 "correct": correct,
                 "self_confidence": confidence,
                 "tokens": spent,
