@@ -310,11 +310,11 @@ def train_sb3(
     cfg = cfg or SB3Config()
     torch.set_num_threads(cfg.torch_threads)
     train_tasks, _ = split_tasks(cfg)
-    on = replace(cfg.env, tasks=tuple(train_tasks))
+    training = replace(cfg.env, tasks=tuple(train_tasks))
     env: VecEnv = (
-        BatchedVecEnv(cfg.num_envs, on)
+        BatchedVecEnv(cfg.num_envs, training)
         if cfg.vec_env == "batched"
-        else make_vec_env(cfg.num_envs, config=on)
+        else make_vec_env(cfg.num_envs, config=training)
     )
     model = PPO(
         "MlpPolicy",
