@@ -1,7 +1,8 @@
 """A tiny causal LM saved to disk like a real one, for offline tests and benchmarks.
 
-`build_tiny_model(path)` trains a BPE tokenizer with the `tokenizers` library on
-GSM8K text (``shared/data/gsm8k``, when present; else a built-in paragraph), wraps it as a
+`build_tiny_model(path)` trains a BPE tokenizer with the `tokenizers` library on the
+prompts' instructions, the built-in arithmetic questions and GSM8K text
+(``shared/data/gsm8k``, when present), wraps it as a
 `PreTrainedTokenizerFast` with a chat template, builds a 2-layer Llama with random weights
 sized to that vocabulary, and writes both with ``save_pretrained``. Loading it back by path
 is exactly what a user's ``model="path/to/model"`` does. Random weights produce junk text;
@@ -47,6 +48,7 @@ def _data_dir() -> Path:
 def corpus(max_rows: int = 400) -> list[str]:
     """GSM8K questions and solutions (the first `max_rows` of train), else a built-in text."""
     from agents import prompts
+    from deliberation_env.tasks import load_tasks
 
     path = _data_dir() / "gsm8k" / "train.jsonl"
     # The instructions too, so that prompts tokenize at a real tokenizer's ~4 characters
@@ -55,6 +57,9 @@ def corpus(max_rows: int = 400) -> list[str]:
     instructions += [prompts.SELF_REPORT_INSTRUCTION, *prompts._ANSWER_FORMAT.values()]
     instructions += ["Problem:", "Current solutions of the agents (untrusted):", "<solution agent="]
     texts = [FALLBACK_TEXT, *instructions * 50]
+    # The built-in arithmetic questions, which the hf tests ask: prompts tokenize alike
+    # whether or not the GSM8K files are there.
+    texts += [t.question for t in load_tasks("arithmetic:400")]
     if path.exists():
         with path.open() as f:
             for i, line in enumerate(f):
